@@ -1,0 +1,1 @@
+"""Real SMTP servers started privately for tests (never the system's own instances)."""
