@@ -1,0 +1,517 @@
+"""One campaign's pipeline: claim -> render -> pace -> mark sending -> SMTP -> record.
+
+Stages are Trio tasks joined by bounded channels, so a slow stage holds back the ones
+before it instead of piling up memory. Outcomes are collected synchronously (so they are
+never lost, even from a ``finally`` under cancellation) and written in batches.
+
+Stopping (Ctrl-C, SIGTERM): feeding stops at once; a connection finishes the transaction
+it is in within ``grace`` seconds; anything not yet on the wire goes back to pending;
+a message whose end-of-data dot was written but not answered becomes *uncertain*.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from mailpacer.config import Rate, RelayConfig
+from mailpacer.engine.stats import CampaignStats
+from mailpacer.ledger.states import RecipientState
+from mailpacer.ledger.store import Claimed, Outcome
+from mailpacer.ledger.threaded import AsyncLedger
+from mailpacer.message.factory import MessageFactory, decode_variables
+from mailpacer.message.headers import HeaderInjectionError
+from mailpacer.message.render import RenderError
+from mailpacer.metrics import Metrics
+from mailpacer.pacing.limits import RateLimiter
+from mailpacer.pacing.policy import RetryPolicy, outcome_for
+from mailpacer.smtp.client import (
+    Batch,
+    OutboundMessage,
+    ResultKind,
+    SendResult,
+    SMTPAuthError,
+    SMTPConnectError,
+    SMTPConnection,
+    SMTPConnectionLost,
+    Timeouts,
+)
+from mailpacer.smtp.connect import open_relay
+
+__all__ = ["CampaignAborted", "CampaignRunner", "EngineSettings", "RunResult"]
+
+R = RecipientState
+
+
+class CampaignAborted(Exception):
+    """The run cannot go on (no relay reachable, credentials refused, every message failing)."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    relays: tuple[RelayConfig, ...]
+    concurrency: int = 8
+    rate: Rate | None = None
+    burst: int = 1
+    pipeline_depth: int = 32  # messages handed to one connection at a time
+    claim_batch: int = 500
+    lease_seconds: float = 600.0
+    flush_interval: float = 0.2
+    flush_size: int = 500
+    wait_deferred: float = 300.0  # stay to retry deferred recipients due within this
+    grace: float = 1.5
+    connect_rounds: int = 3  # tries over all relays before giving up
+    max_consecutive_failures: int = 20  # 0 = never abort on failures
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    local_hostname: str | None = None
+
+
+@dataclass
+class RunResult:
+    counts: dict[str, int]
+    run: dict[str, int]
+    elapsed: float
+    interrupted: bool = False
+    aborted: str | None = None
+    next_retry_at: float | None = None
+
+
+class CampaignRunner:
+    """Sends one campaign from the ledger until nothing is due, it is stopped, or it aborts."""
+
+    def __init__(
+        self,
+        ledger: AsyncLedger,
+        campaign_id: int,
+        factory: MessageFactory,
+        settings: EngineSettings,
+        *,
+        owner: str,
+        stats: CampaignStats,
+        metrics: Metrics | None = None,
+        exclusive: bool = True,
+    ) -> None:
+        if not settings.relays:
+            raise ValueError("at least one relay is needed")
+        self.ledger = ledger
+        self.campaign_id = campaign_id
+        self.factory = factory
+        self.settings = settings
+        self.owner = owner
+        self.stats = stats
+        self.metrics = metrics or Metrics()
+        self.exclusive = exclusive
+        self.limiter = RateLimiter(settings.rate, burst=settings.burst) if settings.rate else None
+        self.heartbeat = 0.0
+        self.stopping = False
+        self.interrupted = False
+        self._outcomes: list[Outcome] = []
+        self._flush_wanted = trio.Event()
+        self._closing = False
+        self._outstanding = 0  # claimed by this run, outcome not yet recorded
+        self._consecutive_failures = 0
+        self._last_failure = ""
+        self._abort: CampaignAborted | None = None
+        self._feed_scope = trio.CancelScope()
+        self._send_deadline_set = False
+        self._send_scope = trio.CancelScope()
+        self._spare: list[SMTPConnection] = []
+        self._relay_cursor = 0
+        self._label = stats.name
+
+    # -- control -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop: no new transaction starts; in-flight ones get ``grace`` seconds."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.interrupted = True
+        self._feed_scope.cancel()
+        self._send_scope.deadline = trio.current_time() + self.settings.grace
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def _collect(self, outcomes: Sequence[Outcome]) -> None:
+        """Synchronous, so it is safe from ``finally`` blocks even while cancelled."""
+        self._outcomes.extend(outcomes)
+        if len(self._outcomes) >= self.settings.flush_size:
+            self._flush_wanted.set()
+
+    def _release(self, messages: Sequence[OutboundMessage], why: str) -> None:
+        now = time.time()
+        self._collect(
+            [
+                Outcome(_claimed(m).id, R.PENDING, None, why, attempted=False, at=now)
+                for m in messages
+            ]
+        )
+
+    def _on_results(self, results: Sequence[SendResult]) -> None:
+        now = time.time()
+        outcomes = []
+        observe = self.metrics.transaction_seconds.observe
+        for result in results:
+            claimed = _claimed(result.message)
+            outcomes.append(
+                outcome_for(
+                    result,
+                    recipient_id=claimed.id,
+                    attempts=claimed.attempts,
+                    first_attempt_at=claimed.first_attempt_at,
+                    now=now,
+                    policy=self.settings.retry,
+                )
+            )
+            if result.kind is not ResultKind.NOT_SENT:
+                observe(result.elapsed)
+        self._collect(outcomes)
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        await self.ledger.run(self.ledger.sync.record, batch)
+        self._account(batch)
+
+    def _account(self, batch: Sequence[Outcome]) -> None:
+        counter = self.metrics.messages
+        label = self._label
+        for outcome in batch:
+            state = outcome.state.value
+            self.stats.settled(state)
+            counter.labels(label, state if outcome.attempted else "released").inc()
+            if outcome.state is R.FAILED:
+                self._consecutive_failures += 1
+                self._last_failure = outcome.reply or ""
+            elif outcome.state is R.SENT:
+                self._consecutive_failures = 0
+        self._outstanding -= len(batch)
+        limit = self.settings.max_consecutive_failures
+        if limit and self._consecutive_failures >= limit and self._abort is None:
+            self._abort = CampaignAborted(
+                f"{self._consecutive_failures} recipients in a row failed permanently "
+                f"(last: {self._last_failure}); stopping so the rest of the list is not "
+                "burned. Fix the cause, then re-queue them with `mailpacer campaign retry "
+                "--failed` and run again."
+            )
+            self.stop()
+
+    async def _writer(self) -> None:
+        while True:
+            with trio.move_on_after(self.settings.flush_interval):
+                await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            await self._flush()
+            self.stats.sample()
+            self.heartbeat = trio.current_time()
+            self._publish_gauges()
+            if self._closing and not self._outcomes:
+                return
+
+    def _publish_gauges(self) -> None:
+        self.metrics.send_rate.set(self.stats.rate)
+        self.metrics.campaign_remaining.labels(self._label).set(self.stats.remaining)
+        eta = self.stats.eta
+        self.metrics.campaign_eta_seconds.labels(self._label).set(-1 if eta is None else eta)
+
+    # -- feeding: claim, render, pace, mark ---------------------------------------
+
+    def _claim_size(self) -> int:
+        size = self.settings.claim_batch
+        if self.settings.rate is not None:
+            # Do not lease much more than ~10 s of work at a slow rate.
+            size = min(size, max(1, math.ceil(self.settings.rate.per_second * 10)))
+        return size
+
+    async def _claimer(self, render_tx: trio.MemorySendChannel[list[Claimed]]) -> None:
+        ledger = self.ledger
+        async with render_tx:
+            while True:
+                rows = await ledger.run(
+                    ledger.sync.claim,
+                    self.campaign_id,
+                    self.owner,
+                    self._claim_size(),
+                    now=time.time(),
+                    lease_seconds=self.settings.lease_seconds,
+                )
+                if rows:
+                    self._outstanding += len(rows)
+                    for row in rows:
+                        self.stats.claimed(row.previous)
+                    await render_tx.send(rows)
+                    continue
+                if self._outstanding > 0:
+                    await trio.sleep(0.05)  # outcomes still coming: they may be retries
+                    continue
+                due = await ledger.run(ledger.sync.next_due, self.campaign_id)
+                if due is None or due - time.time() > self.settings.wait_deferred:
+                    return
+                await trio.sleep(min(max(0.0, due - time.time()) + 0.01, 5.0))
+
+    async def _renderer(
+        self,
+        render_rx: trio.MemoryReceiveChannel[list[Claimed]],
+        ready_tx: trio.MemorySendChannel[list[OutboundMessage]],
+    ) -> None:
+        chunk = 64
+        async with render_rx, ready_tx:
+            async for rows in render_rx:
+                ready: list[OutboundMessage] = []
+                failed: list[Outcome] = []
+                for n, row in enumerate(rows, 1):
+                    try:
+                        message = self.factory.build(
+                            row.id, row.email, decode_variables(row.variables)
+                        )
+                    except (RenderError, HeaderInjectionError, ValueError) as exc:
+                        failed.append(
+                            Outcome(row.id, R.FAILED, None, f"message: {exc}", attempted=False)
+                        )
+                        continue
+                    message.tag = row
+                    ready.append(message)
+                    if len(ready) >= chunk:
+                        await ready_tx.send(ready)
+                        ready = []
+                    elif n % 16 == 0:
+                        await trio.lowlevel.checkpoint()  # rendering is CPU: let I/O run
+                if failed:
+                    self._collect(failed)
+                if ready:
+                    await ready_tx.send(ready)
+
+    async def _dispatcher(
+        self,
+        ready_rx: trio.MemoryReceiveChannel[list[OutboundMessage]],
+        conn_tx: trio.MemorySendChannel[list[OutboundMessage]],
+    ) -> None:
+        depth = self.settings.pipeline_depth
+        workers = self.settings.concurrency
+        ledger = self.ledger
+        async with ready_rx, conn_tx:
+            async for messages in ready_rx:
+                position = 0
+                while position < len(messages):
+                    want = len(messages) - position
+                    if self.limiter is not None:
+                        before = self.limiter.waited
+                        want = await self.limiter.take(min(want, depth))
+                        self.metrics.rate_limiter_wait.inc(self.limiter.waited - before)
+                    pending = messages[position : position + want]
+                    position += want
+                    size = max(1, min(depth, math.ceil(len(pending) / workers)))
+                    try:
+                        await ledger.run(
+                            ledger.sync.mark_sending,
+                            [_claimed(m).id for m in pending],
+                            self.owner,
+                            now=time.time(),
+                        )
+                        while pending:
+                            await conn_tx.send(pending[:size])
+                            pending = pending[size:]
+                    except BaseException:
+                        # Marked (or maybe marked) but never handed over: back to pending.
+                        self._release(pending, "stopped before sending")
+                        raise
+
+    async def _feed(self, conn_tx: trio.MemorySendChannel[list[OutboundMessage]]) -> None:
+        render_tx, render_rx = trio.open_memory_channel[list[Claimed]](1)
+        ready_tx, ready_rx = trio.open_memory_channel[list[OutboundMessage]](2)
+        with self._feed_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._claimer, render_tx)
+                nursery.start_soon(self._renderer, render_rx, ready_tx)
+                nursery.start_soon(self._dispatcher, ready_rx, conn_tx)
+        await conn_tx.aclose()
+
+    # -- sending -------------------------------------------------------------------
+
+    async def _connect(self, worker: int) -> SMTPConnection:
+        """A session on the first relay that works, starting from this worker's share."""
+        if self._spare:
+            return self._spare.pop()
+        relays = self.settings.relays
+        errors: list[str] = []
+        for round_number in range(self.settings.connect_rounds):
+            permanent = 0
+            for offset in range(len(relays)):
+                relay = relays[(worker + offset) % len(relays)]
+                try:
+                    connection = await open_relay(
+                        relay,
+                        timeouts=self.settings.timeouts,
+                        local_hostname=self.settings.local_hostname,
+                    )
+                except SMTPAuthError as exc:
+                    raise CampaignAborted(str(exc)) from None
+                except SMTPConnectError as exc:
+                    self.metrics.connect_failures.labels(relay.name).inc()
+                    errors.append(str(exc))
+                    if not exc.transient:
+                        permanent += 1
+                    continue
+                self.metrics.connections.labels(relay.name).inc()
+                return connection
+            if permanent == len(relays) or round_number == self.settings.connect_rounds - 1:
+                break
+            await trio.sleep(min(2.0**round_number, 10.0) * random.uniform(0.8, 1.2))
+        last = errors[-1] if errors else "no relay configured"
+        raise CampaignAborted(f"no relay could be reached ({last})")
+
+    async def _close(self, connection: SMTPConnection) -> None:
+        self.metrics.connections.labels(connection.relay_name).dec()
+        with trio.CancelScope(shield=True):
+            await connection.quit()
+
+    async def _deliver(
+        self, worker: int, connection: SMTPConnection | None, messages: list[OutboundMessage]
+    ) -> SMTPConnection | None:
+        remaining = messages
+        retries = 0
+        try:
+            while remaining:
+                if connection is not None and (
+                    connection.broken or 0 < connection.max_messages <= connection.messages_sent
+                ):
+                    await self._close(connection)
+                    connection = None
+                if connection is None:
+                    connection = await self._connect(worker)
+                batch = Batch(remaining)
+                detail = "stopped before the relay answered"
+                try:
+                    await connection.send(batch)
+                except SMTPConnectionLost as exc:
+                    detail = f"connection lost: {exc}"
+                finally:
+                    results = batch.finish(detail)
+                    remaining = [r.message for r in results if r.kind is ResultKind.NOT_SENT]
+                    self._on_results([r for r in results if r.kind is not ResultKind.NOT_SENT])
+                if remaining:
+                    retries += 1
+                    if retries > 3:
+                        self._release(remaining, detail)
+                        remaining = []
+        except BaseException:
+            self._release(remaining, "stopped before sending")
+            if connection is not None:
+                await self._close(connection)
+            raise
+        return connection
+
+    async def _worker(
+        self, worker: int, conn_rx: trio.MemoryReceiveChannel[list[OutboundMessage]]
+    ) -> None:
+        connection: SMTPConnection | None = None
+        in_flight = self.metrics.in_flight
+        async with conn_rx:
+            async for messages in conn_rx:
+                if self.stopping:
+                    self._release(messages, "stopped before sending")
+                    continue
+                in_flight.inc(len(messages))
+                try:
+                    connection = await self._deliver(worker, connection, messages)
+                finally:
+                    in_flight.dec(len(messages))
+        if connection is not None:
+            await self._close(connection)
+
+    # -- the whole run ---------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """Open one session before touching the ledger: an unreachable relay changes nothing."""
+        self._spare.append(await self._connect(0))
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> RunResult:
+        ledger = self.ledger
+        if not self._spare:
+            await self.preflight()
+        try:
+            await ledger.run(
+                ledger.sync.recover, self.campaign_id, None if self.exclusive else self.owner
+            )
+            self.stats.load(await ledger.run(ledger.sync.state_counts, self.campaign_id))
+            self.stats.configured_rate = (
+                self.settings.rate.per_second if self.settings.rate else None
+            )
+            self.heartbeat = trio.current_time()
+            task_status.started()
+            conn_tx, conn_rx = trio.open_memory_channel[list[OutboundMessage]](
+                self.settings.concurrency
+            )
+            drain_rx = conn_rx.clone()
+            try:
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(self._writer)
+                    try:
+                        with self._send_scope:
+                            async with trio.open_nursery() as pipeline:
+                                pipeline.start_soon(self._feed, conn_tx)
+                                async with conn_rx:
+                                    for worker in range(self.settings.concurrency):
+                                        pipeline.start_soon(self._worker, worker, conn_rx.clone())
+                    finally:
+                        self._closing = True
+                        self._flush_wanted.set()
+            except BaseExceptionGroup as group:
+                aborted, rest = group.split(CampaignAborted)
+                if rest is not None:
+                    raise
+                assert aborted is not None
+                self._abort = _first_leaf(aborted)
+            finally:
+                with trio.move_on_after(30) as cleanup:
+                    cleanup.shield = True
+                    # Anything still queued for a connection never reached the wire.
+                    leftovers: list[OutboundMessage] = []
+                    try:
+                        while True:
+                            leftovers.extend(drain_rx.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        pass
+                    drain_rx.close()
+                    self._release(leftovers, "stopped before sending")
+                    await self._flush()
+                    await ledger.run(ledger.sync.release_claimed, self.campaign_id, self.owner)
+        finally:
+            with trio.CancelScope(shield=True):
+                for connection in self._spare:
+                    await self._close(connection)
+                self._spare.clear()
+        if self._abort is not None:
+            raise self._abort
+        counts = await ledger.run(ledger.sync.state_counts, self.campaign_id)
+        next_due = await ledger.run(ledger.sync.next_due, self.campaign_id)
+        return RunResult(
+            counts=counts,
+            run=dict(self.stats.run),
+            elapsed=trio.current_time() - self.stats.started_at,
+            interrupted=self.interrupted,
+            next_retry_at=next_due,
+        )
+
+
+def _claimed(message: OutboundMessage) -> Claimed:
+    tag = message.tag
+    assert isinstance(tag, Claimed)
+    return tag
+
+
+def _first_leaf(group: BaseExceptionGroup[CampaignAborted]) -> CampaignAborted:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, CampaignAborted)
+    return exc

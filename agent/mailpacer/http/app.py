@@ -1,0 +1,69 @@
+"""A small ASGI app for operators: /healthz and /metrics, answered from memory only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mailpacer.http.health import HealthState
+from mailpacer.metrics import Metrics
+
+__all__ = ["OperatorApp"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class OperatorApp:
+    """ASGI 3 application. Never touches the database, so it answers while the DB hangs."""
+
+    def __init__(self, health: HealthState, metrics: Metrics) -> None:
+        self.health = health
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if scope["method"] not in ("GET", "HEAD"):
+            await _json(send, 405, {"error": "method not allowed"})
+        elif path == "/healthz":
+            ok, body = self.health.liveness()
+            await _json(send, 200 if ok else 503, body)
+        elif path == "/metrics":
+            payload = generate_latest(self.metrics.registry)
+            await _reply(send, 200, payload, CONTENT_TYPE_LATEST)
+        else:
+            await _json(send, 404, {"error": f"no such endpoint: {path}"})
+
+
+async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+    await _reply(send, status, json.dumps(body).encode() + b"\n", "application/json")
+
+
+async def _reply(send: Send, status: int, payload: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

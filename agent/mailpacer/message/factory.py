@@ -1,0 +1,119 @@
+"""From a claimed recipient to an :class:`OutboundMessage` ready for the wire."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from mailpacer.message.address import parse_address
+from mailpacer.message.headers import format_mailbox
+from mailpacer.message.mime import MessageComposer
+from mailpacer.message.render import TemplateSet
+from mailpacer.smtp.client import OutboundMessage
+from mailpacer.smtp.protocol import dot_stuff, normalize_line_endings
+
+__all__ = ["MessageFactory", "PersonalizedFactory", "StaticFactory", "StaticMessageError"]
+
+UNSUBSCRIBE = "unsubscribe_url"
+
+
+class MessageFactory(Protocol):
+    """Builds one recipient's message; raises (RenderError, ValueError...) when it cannot."""
+
+    def build(
+        self, recipient_id: int, email: str, variables: dict[str, Any]
+    ) -> OutboundMessage: ...
+
+
+class PersonalizedFactory:
+    """Sandboxed Jinja2 templates + the precompiled MIME skeleton."""
+
+    def __init__(
+        self,
+        templates: TemplateSet,
+        composer: MessageComposer,
+        *,
+        envelope_sender: str,
+        campaign: str,
+        name_column: str = "name",
+    ) -> None:
+        self.templates = templates
+        self.composer = composer
+        self.envelope_sender = envelope_sender
+        self.campaign = campaign
+        self.name_column = name_column
+        self.has_unsubscribe = UNSUBSCRIBE in templates.extra
+
+    def build(self, recipient_id: int, email: str, variables: dict[str, Any]) -> OutboundMessage:
+        context = dict(variables)
+        context["email"] = email
+        context.setdefault("campaign", self.campaign)
+        unsubscribe = None
+        if self.has_unsubscribe:
+            unsubscribe = self.templates.render_extra(UNSUBSCRIBE, context)
+            context[UNSUBSCRIBE] = unsubscribe
+        rendered = self.templates.render(context)
+        smtputf8 = not email.isascii()
+        name = variables.get(self.name_column) or None
+        data = self.composer.compose(
+            to_header=format_mailbox(name, email),
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=self.composer.new_message_id(f"mp{recipient_id}"),
+            list_unsubscribe=unsubscribe,
+        )
+        return OutboundMessage(
+            sender=self.envelope_sender,
+            recipient=email,
+            payload=dot_stuff(data),
+            size=len(data),
+            eight_bit=smtputf8,
+            smtputf8=smtputf8,
+            tag=recipient_id,
+        )
+
+
+class StaticMessageError(ValueError):
+    """The static message file is unusable."""
+
+
+class StaticFactory:
+    """One prepared .eml sent as is to every recipient (transport only, no personalization)."""
+
+    def __init__(self, path: Path, *, envelope_sender: str) -> None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise StaticMessageError(f"cannot read message {str(path)!r}: {exc.strerror}") from None
+        if b"\n\n" not in raw.replace(b"\r\n", b"\n"):
+            raise StaticMessageError(f"{path}: no blank line between headers and body")
+        data = normalize_line_endings(raw)
+        self.payload = dot_stuff(data)
+        self.size = len(data)
+        self.eight_bit = any(b > 127 for b in data)
+        self.envelope_sender = envelope_sender
+
+    def build(self, recipient_id: int, email: str, variables: dict[str, Any]) -> OutboundMessage:
+        return OutboundMessage(
+            sender=self.envelope_sender,
+            recipient=email,
+            payload=self.payload,
+            size=self.size,
+            eight_bit=self.eight_bit,
+            smtputf8=not email.isascii(),
+            tag=recipient_id,
+        )
+
+
+def decode_variables(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("recipient variables are not a JSON object")
+    return value
+
+
+def check_sender(sender: str) -> str:
+    """Validate the envelope sender the same way as recipients."""
+    return parse_address(sender).address
