@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import signal
-from functools import partial
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio

@@ -261,7 +261,8 @@ class CampaignRunner:
         render_rx: trio.MemoryReceiveChannel[list[Claimed]],
         ready_tx: trio.MemorySendChannel[list[OutboundMessage]],
     ) -> None:
-        chunk = 64
+        chunk = 256
+        wants_variables = self.factory.uses_variables
         async with render_rx, ready_tx:
             async for rows in render_rx:
                 ready: list[OutboundMessage] = []
@@ -269,7 +270,9 @@ class CampaignRunner:
                 for n, row in enumerate(rows, 1):
                     try:
                         message = self.factory.build(
-                            row.id, row.email, decode_variables(row.variables)
+                            row.id,
+                            row.email,
+                            decode_variables(row.variables) if wants_variables else {},
                         )
                     except (RenderError, HeaderInjectionError, ValueError) as exc:
                         failed.append(

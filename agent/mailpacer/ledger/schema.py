@@ -6,6 +6,8 @@ and free of time-zone surprises.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -18,7 +20,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy.engine import Dialect
 
 __all__ = ["SCHEMA_VERSION", "campaigns", "metadata", "recipients", "schema_info"]
 
@@ -75,9 +79,46 @@ recipients = Table(
     Column("updated_at", Double, nullable=False),
     Column("sent_at", Double, nullable=True),
     UniqueConstraint("campaign_id", "email_key", name="uq_recipients_campaign_email"),
-    # Claiming never sorts: pending rows come in id order from the first index, due
-    # deferred rows in next_attempt_at order from the second (both range scans).
-    Index("ix_recipients_state_id", "campaign_id", "status", "id"),
-    Index("ix_recipients_state_due", "campaign_id", "status", "next_attempt_at"),
     mysql_charset="utf8mb4",
 )
+
+
+def _not_sqlite(
+    ddl: Any,
+    target: Any,
+    bind: Any,
+    tables: Any = None,
+    state: Any = None,
+    *,
+    dialect: Dialect,
+    compiler: Any = None,
+    checkfirst: bool = False,
+) -> bool:
+    return bool(dialect.name != "sqlite")
+
+
+# Claiming never sorts: pending rows come in id order, due deferred rows in
+# next_attempt_at order, both as index range scans. On SQLite the indexes are partial
+# (only pending / only deferred rows), so a recipient's later state changes (claimed ->
+# sending -> sent) touch no index at all; MariaDB has no partial indexes.
+Index(
+    "ix_recipients_pending",
+    recipients.c.campaign_id,
+    recipients.c.id,
+    sqlite_where=text("status = 'pending'"),
+).ddl_if(dialect="sqlite")
+Index(
+    "ix_recipients_deferred",
+    recipients.c.campaign_id,
+    recipients.c.next_attempt_at,
+    sqlite_where=text("status = 'deferred'"),
+).ddl_if(dialect="sqlite")
+Index(
+    "ix_recipients_state_id", recipients.c.campaign_id, recipients.c.status, recipients.c.id
+).ddl_if(callable_=_not_sqlite)
+Index(
+    "ix_recipients_state_due",
+    recipients.c.campaign_id,
+    recipients.c.status,
+    recipients.c.next_attempt_at,
+).ddl_if(callable_=_not_sqlite)

@@ -21,6 +21,8 @@ UNSUBSCRIBE = "unsubscribe_url"
 class MessageFactory(Protocol):
     """Builds one recipient's message; raises (RenderError, ValueError...) when it cannot."""
 
+    uses_variables: bool  # False: build() ignores the recipient's variables
+
     def build(
         self, recipient_id: int, email: str, variables: dict[str, Any]
     ) -> OutboundMessage: ...
@@ -28,6 +30,8 @@ class MessageFactory(Protocol):
 
 class PersonalizedFactory:
     """Sandboxed Jinja2 templates + the precompiled MIME skeleton."""
+
+    uses_variables = True
 
     def __init__(
         self,
@@ -81,6 +85,8 @@ class StaticMessageError(ValueError):
 
 class StaticFactory:
     """One prepared .eml sent as is to every recipient (transport only, no personalization)."""
+
+    uses_variables = False
 
     def __init__(self, path: Path, *, envelope_sender: str) -> None:
         try:

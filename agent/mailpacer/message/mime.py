@@ -11,7 +11,8 @@ from __future__ import annotations
 import binascii
 import secrets
 import time
-from email.utils import formatdate
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from mailpacer.message.headers import check_header_value, encode_text_header
 
@@ -72,7 +73,8 @@ class MessageComposer:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date = f"Date: {formatdate(now, localtime=False)}\r\n".encode("ascii")
+            stamp = format_datetime(datetime.fromtimestamp(now, UTC))
+            self._date = f"Date: {stamp}\r\n".encode("ascii")
         return self._date
 
     def new_message_id(self, tag: str) -> str:

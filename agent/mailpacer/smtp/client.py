@@ -93,6 +93,11 @@ class Timeouts:
     rset: float = 120.0
     quit: float = 5.0
 
+    @classmethod
+    def uniform(cls, seconds: float) -> Timeouts:
+        """The same limit for every step (tests, and relays known to be fast)."""
+        return cls(*([seconds] * 12))
+
 
 class ResultKind(enum.Enum):
     SENT = "sent"  # 2xx after the dot
@@ -232,13 +237,22 @@ class SMTPConnection:
         self.max_messages = 0  # set by open_relay: 0 = no limit per connection
         self._parser = ReplyParser()
         self._receive_size = receive_size
+        self._step_scope: trio.CancelScope | None = None
+        self._waiting = ("", 0.0)
+        t = self.timeouts
+        self._batch_timeout = max(t.mail, t.rcpt, t.data_init, t.data_block, t.data_end, t.rset)
 
     # -- low level ---------------------------------------------------------------
 
     async def _write(self, data: bytes, seconds: float) -> None:
         try:
-            with trio.fail_after(seconds):
+            scope = self._step_scope
+            if scope is not None:
+                self._arm(scope, seconds, "writing to the server")
                 await self.stream.send_all(data)
+            else:
+                with trio.fail_after(seconds):
+                    await self.stream.send_all(data)
         except trio.TooSlowError:
             self.broken = True
             raise SMTPConnectionLost(f"timed out after {seconds:g}s writing to server") from None
@@ -246,22 +260,45 @@ class SMTPConnection:
             self.broken = True
             raise SMTPConnectionLost(f"connection lost while writing: {exc}") from exc
 
+    def _arm(self, scope: trio.CancelScope, seconds: float, what: str) -> None:
+        """Inside send(), one cancel scope is the timer of every step.
+
+        Moving a deadline costs more than a pipelined SMTP command, so within a batch every
+        step gets the longest of the transaction timeouts (RFC 5321's values are minimums)
+        and the deadline moves only when less than that remains: a stalled step times out
+        after between ``batch_timeout`` and 1.5 times it.
+        """
+        now = trio.current_time()
+        budget = self._batch_timeout
+        if scope.deadline < now + budget:
+            scope.deadline = now + 1.5 * budget
+        self._waiting = (what, budget)
+
+    async def _receive(self) -> None:
+        data = await self.stream.receive_some(self._receive_size)
+        if not data:
+            self.broken = True
+            raise SMTPConnectionLost("server closed the connection")
+        self._parser.feed(data)
+
     async def read_reply(self, seconds: float) -> Reply:
         """Next reply: from the buffer if one is there, else from the network."""
         try:
             reply = self._parser.next_reply()
             if reply is not None:
                 return reply
-            with trio.fail_after(seconds):
-                while True:
-                    data = await self.stream.receive_some(self._receive_size)
-                    if not data:
-                        self.broken = True
-                        raise SMTPConnectionLost("server closed the connection")
-                    self._parser.feed(data)
+            scope = self._step_scope
+            if scope is not None:
+                self._arm(scope, seconds, "for a reply")
+                while reply is None:
+                    await self._receive()
                     reply = self._parser.next_reply()
-                    if reply is not None:
-                        return reply
+                return reply
+            with trio.fail_after(seconds):
+                while reply is None:
+                    await self._receive()
+                    reply = self._parser.next_reply()
+                return reply
         except trio.TooSlowError:
             self.broken = True
             raise SMTPConnectionLost(f"no reply within {seconds:g}s") from None
@@ -414,15 +451,26 @@ class SMTPConnection:
         """
         if self.broken:
             raise SMTPConnectionLost("connection is closed")
-        try:
-            if self.extensions.pipelining:
-                await self._send_pipelined(batch)
-            else:
-                await self._send_lockstep(batch)
-        except _ServerClosing as closing:
+        with trio.CancelScope() as scope:
+            self._step_scope = scope
+            try:
+                if self.extensions.pipelining:
+                    await self._send_pipelined(batch)
+                else:
+                    await self._send_lockstep(batch)
+            except _ServerClosing as closing:
+                self.broken = True
+                await self.aclose()
+                raise SMTPConnectionLost(
+                    f"server closing the connection: {closing.reply}"
+                ) from None
+            finally:
+                self._step_scope = None
+        if scope.cancelled_caught:
             self.broken = True
             await self.aclose()
-            raise SMTPConnectionLost(f"server closing the connection: {closing.reply}") from None
+            what, seconds = self._waiting
+            raise SMTPConnectionLost(f"timed out {what} (timeout {seconds:g}s)")
 
     def _resolve(
         self,

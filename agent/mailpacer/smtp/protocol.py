@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import re
+from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "CRLF",
@@ -44,9 +46,8 @@ class SMTPProtocolError(Exception):
     """The server sent something that is not SMTP."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One complete (possibly multi-line) server reply."""
+class Reply(NamedTuple):
+    """One complete (possibly multi-line) server reply (a tuple: cheap to create)."""
 
     code: int
     lines: tuple[str, ...]
@@ -89,54 +90,66 @@ class ReplyParser:
     Tolerates bare LF line ends (seen in the wild) but nothing that is not a reply.
     """
 
-    __slots__ = ("_buffer", "_code", "_lines")
+    __slots__ = ("_code", "_lines", "_partial", "_replies")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._partial = b""
         self._lines: list[str] = []
         self._code = 0
+        self._replies: deque[Reply] = deque()
 
     def feed(self, data: bytes | bytearray) -> None:
-        self._buffer += data
-        if len(self._buffer) > MAX_REPLY_LINE and b"\n" not in self._buffer:
+        """Parse every complete line at once (a pipelined read often carries four replies)."""
+        if self._partial:
+            data = self._partial + data
+        lines = bytes(data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_REPLY_LINE:
             raise SMTPProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if not self._lines and line[3:4] == b" " and line[:3].isdigit():
+            code = int(line[:3])  # the common case: a complete one-line reply
+            if 200 <= code <= 599 and len(line) <= MAX_REPLY_LINE:
+                self._replies.append(Reply(code, (line[4:].decode("utf-8", "replace"),)))
+                return
+        if len(line) > MAX_REPLY_LINE:
+            raise SMTPProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+        digits = line[:3]
+        sep = line[3:4]
+        if len(digits) < 3 or not digits.isdigit() or sep not in (b" ", b"-", b""):
+            raise SMTPProtocolError(f"malformed reply line: {line[:80]!r}")
+        code = int(digits)
+        if code < 200 or code > 599:
+            raise SMTPProtocolError(f"reply code out of range: {line[:80]!r}")
+        if self._lines and code != self._code:
+            raise SMTPProtocolError(f"multi-line reply changed code from {self._code} to {code}")
+        text = line[4:].decode("utf-8", "replace")
+        if sep == b"-":
+            self._code = code
+            self._lines.append(text)
+            if len(self._lines) > MAX_REPLY_LINES:
+                raise SMTPProtocolError(f"reply has more than {MAX_REPLY_LINES} lines")
+        elif self._lines:
+            self._lines.append(text)
+            self._replies.append(Reply(code, tuple(self._lines)))
+            self._lines = []
+        else:
+            self._replies.append(Reply(code, (text,)))
 
     @property
     def has_partial(self) -> bool:
-        """True when some bytes of an unfinished reply are buffered."""
-        return bool(self._buffer or self._lines)
+        """True when any received bytes are not yet consumed as replies."""
+        return bool(self._partial or self._lines or self._replies)
 
     def next_reply(self) -> Reply | None:
         """Return the next complete reply, or None if more bytes are needed."""
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                return None
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) < 3 or not line[:3].isdigit():
-                raise SMTPProtocolError(f"malformed reply line: {line[:80]!r}")
-            code = int(line[:3])
-            if code < 200 or code > 599:
-                raise SMTPProtocolError(f"reply code out of range: {line[:80]!r}")
-            sep = line[3:4]
-            if sep not in (b"", b" ", b"-"):
-                raise SMTPProtocolError(f"malformed reply line: {line[:80]!r}")
-            if self._lines and code != self._code:
-                raise SMTPProtocolError(
-                    f"multi-line reply changed code from {self._code} to {code}"
-                )
-            self._code = code
-            self._lines.append(line[4:].decode("utf-8", "replace"))
-            if len(self._lines) > MAX_REPLY_LINES:
-                raise SMTPProtocolError(f"reply has more than {MAX_REPLY_LINES} lines")
-            if sep != b"-":
-                reply = Reply(code, tuple(self._lines))
-                self._lines = []
-                return reply
+        replies = self._replies
+        return replies.popleft() if replies else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +211,12 @@ class Extensions:
         return frozenset(m.upper() for m in value.split())
 
 
+_UNSAFE_ADDRESS = re.compile(r"[\r\n<>\x00 ]")
+
+
 def _check_address(address: str) -> None:
     """Refuse envelope addresses that could smuggle commands (defence in depth)."""
-    if any(c in address for c in "\r\n<>\x00") or " " in address:
+    if _UNSAFE_ADDRESS.search(address):
         raise ValueError(f"unsafe characters in envelope address {address!r}")
 
 
