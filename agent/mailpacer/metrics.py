@@ -2,11 +2,217 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from mailpacer.hoststate import DiskState, HostState
+
+__all__ = ["BREAKER_STATES", "DatabaseStatus", "Metrics", "RelayRegistry", "RelayStatus"]
+
+BREAKER_STATES = ("closed", "half_open", "open")
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class CampaignProgress(Protocol):
+    """What the backlog gauges need of engine.stats.CampaignStats (kept in memory)."""
+
+    name: str
+    counts: dict[str, int]
+
+
+@dataclass
+class RelayStatus:
+    """One relay as the engine reports it: its circuit breaker and last connect outcome."""
+
+    name: str  # RelayConfig.name: the password is masked
+    breaker: str = "closed"
+    since: float = field(default_factory=time.time)
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"breaker": self.breaker, "since": round(self.since, 3), "detail": self.detail}
+
+
+class RelayRegistry:
+    """Relays' states, reported by the engine, read by /readyz and /metrics (memory only).
+
+    The engine calls :meth:`report` when a relay's breaker changes state (``closed``: in use,
+    ``half_open``: probing after a failure, ``open``: not used until it cools down). Open
+    connections and connect failures come from the ``mailpacer_smtp_*`` metrics.
+    """
+
+    def __init__(self) -> None:
+        self._relays: dict[str, RelayStatus] = {}
+
+    def register(self, name: str) -> RelayStatus:
+        return self._relays.setdefault(name, RelayStatus(name))
+
+    def report(self, name: str, breaker: str, detail: str | None = None) -> None:
+        if breaker not in BREAKER_STATES:
+            raise ValueError(f"breaker state {breaker!r}: expected one of {BREAKER_STATES}")
+        status = self.register(name)
+        if status.breaker != breaker:
+            status.since = time.time()
+        status.breaker = breaker
+        status.detail = detail
+
+    def __iter__(self) -> Iterator[RelayStatus]:
+        return iter(list(self._relays.values()))
+
+    def __len__(self) -> int:
+        return len(self._relays)
+
+
+@dataclass
+class DatabaseStatus:
+    """The last result of the background database probe (http.readiness.DatabaseProbe)."""
+
+    url: str  # password masked
+    up: bool = False
+    checked: bool = False
+    latency_seconds: float | None = None
+    last_success: float | None = None  # time.time()
+    error: str | None = "not checked yet"
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from in-memory state: never touches the database."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families vary with the state; auto_describe would call collect()
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.m
+        backlog = GaugeMetricFamily(
+            "mailpacer_ledger_backlog_recipients",
+            "Recipients of a running campaign not yet final, by state (from memory).",
+            labels=["campaign", "state"],
+        )
+        for campaign in list(m.campaigns):
+            for state in ("pending", "deferred", "active"):
+                backlog.add_metric([campaign.name, state], campaign.counts.get(state, 0))
+        yield backlog
+        breaker = GaugeMetricFamily(
+            "mailpacer_relay_breaker_state",
+            "1 for the relay's current circuit-breaker state (closed, half_open, open).",
+            labels=["relay", "state"],
+        )
+        for relay in m.relays:
+            for state in BREAKER_STATES:
+                breaker.add_metric([relay.name, state], 1.0 if relay.breaker == state else 0.0)
+        yield breaker
+        if m.database is not None:
+            db = m.database
+            yield GaugeMetricFamily(
+                "mailpacer_database_up",
+                "1 when the last background probe of the ledger database answered in time.",
+                value=1.0 if db.up else 0.0,
+            )
+            if db.latency_seconds is not None:
+                yield GaugeMetricFamily(
+                    "mailpacer_database_probe_seconds",
+                    "Latency of the last successful database probe (connect + SELECT 1).",
+                    value=db.latency_seconds,
+                )
+            if db.last_success is not None:
+                yield GaugeMetricFamily(
+                    "mailpacer_database_last_success_timestamp_seconds",
+                    "When the database last answered a probe (Unix time).",
+                    value=db.last_success,
+                )
+        yield from _disk_families(m.disks)
+        if m.host is not None:
+            yield from _host_families(m.host)
+
+
+def _disk_families(disks: dict[str, DiskState]) -> Iterator[Metric]:
+    size = GaugeMetricFamily(
+        "mailpacer_disk_size_bytes", "Size of the file system holding a path.", labels=["path"]
+    )
+    free = GaugeMetricFamily(
+        "mailpacer_disk_free_bytes",
+        "Free space for the agent on that file system.",
+        labels=["path"],
+    )
+    for disk in disks.values():
+        if disk.exists and disk.error is None:
+            size.add_metric([disk.path], disk.total_bytes)
+            free.add_metric([disk.path], disk.free_bytes)
+    yield size
+    yield free
+
+
+def _host_families(host: HostState) -> Iterator[Metric]:
+    cc = GaugeMetricFamily(
+        "mailpacer_host_tcp_congestion_control_info",
+        "The live net.ipv4.tcp_congestion_control (value 1).",
+        labels=["algorithm"],
+    )
+    cc.add_metric([host.congestion_control or "unknown"], 1.0)
+    yield cc
+    nofile = GaugeMetricFamily(
+        "mailpacer_host_nofile_limit",
+        "The agent's RLIMIT_NOFILE (-1: unlimited).",
+        labels=["limit"],
+    )
+    nofile.add_metric(["soft"], host.nofile_soft)
+    nofile.add_metric(["hard"], host.nofile_hard)
+    yield nofile
+    tmpfs_size = GaugeMetricFamily(
+        "mailpacer_host_scratch_size_bytes",
+        "Size of the scratch (tmpfs) mount; absent when the path does not exist.",
+        labels=["path", "fstype"],
+    )
+    tmpfs_used = GaugeMetricFamily(
+        "mailpacer_host_scratch_used_bytes",
+        "Used bytes of the scratch (tmpfs) mount.",
+        labels=["path", "fstype"],
+    )
+    scratch = host.scratch
+    if scratch is not None and scratch.exists and scratch.error is None:
+        labels = [scratch.path, scratch.fstype or "unknown"]
+        tmpfs_size.add_metric(labels, scratch.total_bytes)
+        tmpfs_used.add_metric(labels, scratch.used_bytes)
+    yield tmpfs_size
+    yield tmpfs_used
+    yield GaugeMetricFamily(
+        "mailpacer_host_tuning_file_present",
+        "1 when the tuner's summary (tuning.json) exists and was read.",
+        value=1.0 if host.tuning_present and host.tuning_error is None else 0.0,
+    )
+    keys = GaugeMetricFamily(
+        "mailpacer_host_tuning_sysctl_keys",
+        "Sysctl keys in tuning.json by status (applied, skipped, unsupported, not_applicable).",
+        labels=["status"],
+    )
+    for status, count in sorted(host.tuning_counts.items()):
+        keys.add_metric([status], count)
+    yield keys
+    yield GaugeMetricFamily(
+        "mailpacer_host_tuning_sysctl_drift_keys",
+        "Applied sysctl keys whose live value differs from tuning.json.",
+        value=len(host.drifted),
+    )
+    if host.tuning_profile:
+        profile = GaugeMetricFamily(
+            "mailpacer_host_tuning_profile_info",
+            "The tuner's sizing profile (value 1).",
+            labels=["profile"],
+        )
+        profile.add_metric([host.tuning_profile], 1.0)
+        yield profile
 
 
 class Metrics:
@@ -61,3 +267,43 @@ class Metrics:
             ["campaign"],
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "mailpacer_event_loop_lag_seconds",
+            "How late the event loop woke a sleeping task (sampled every 0.5 s).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.reporter_backlog = Gauge(
+            "mailpacer_reporter_backlog_events",
+            "Events waiting to be reported to the main server.",
+            registry=r,
+        )
+        self.reporter_last_success = Gauge(
+            "mailpacer_reporter_last_success_timestamp_seconds",
+            "When the reporter last delivered events to the main server (Unix time; 0: never).",
+            registry=r,
+        )
+        self.reporter_breaker = Gauge(
+            "mailpacer_reporter_breaker_state",
+            "1 for the reporter's current circuit-breaker state (closed, half-open, open).",
+            ["state"],
+            registry=r,
+        )
+        self.guard_tripped = Gauge(
+            "mailpacer_campaign_guard_tripped",
+            '1 when a safety guard stopped the campaign (e.g. guard="consecutive_failures").',
+            ["campaign", "guard"],
+            registry=r,
+        )
+        # In-memory state read at scrape time (_StateCollector); set by the engine and monitors.
+        self.relays = RelayRegistry()
+        self.campaigns: list[CampaignProgress] = []
+        self.database: DatabaseStatus | None = None
+        self.disks: dict[str, DiskState] = {}
+        self.host: HostState | None = None
+        r.register(_StateCollector(self))
+
+    def watch_campaign(self, stats: CampaignProgress) -> None:
+        """Export the ledger backlog of a running campaign from its in-memory counts."""
+        if stats not in self.campaigns:
+            self.campaigns.append(stats)

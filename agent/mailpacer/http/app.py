@@ -1,4 +1,4 @@
-"""A small ASGI app for operators: /healthz and /metrics, answered from memory only."""
+"""A small ASGI app for operators: /healthz, /readyz and /metrics, answered from memory only."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailpacer.http.health import HealthState
+from mailpacer.http.readiness import Readiness, watch_event_loop
 from mailpacer.metrics import Metrics
 
 __all__ = ["OperatorApp"]
@@ -22,9 +23,19 @@ Send = Callable[[Message], Awaitable[None]]
 class OperatorApp:
     """ASGI 3 application. Never touches the database, so it answers while the DB hangs."""
 
-    def __init__(self, health: HealthState, metrics: Metrics) -> None:
+    def __init__(
+        self, health: HealthState, metrics: Metrics, readiness: Readiness | None = None
+    ) -> None:
         self.health = health
         self.metrics = metrics
+        self.readiness = readiness
+
+    async def run_monitors(self) -> None:
+        """Background probes that keep the in-memory state fresh (serve_http runs this)."""
+        if self.readiness is not None:
+            await self.readiness.run()
+        else:
+            await watch_event_loop(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -43,6 +54,17 @@ class OperatorApp:
         elif path == "/healthz":
             ok, body = self.health.liveness()
             await _json(send, 200 if ok else 503, body)
+        elif path == "/readyz":
+            if self.readiness is None:
+                ready, body = True, {"status": "ready", "components": {}}
+            else:
+                ready, body = self.readiness.check()
+            live, liveness = self.health.liveness()
+            body["components"]["heartbeats"] = {"ok": live, **liveness["components"]}
+            ready = ready and live
+            if not ready:
+                body["status"] = "not ready"
+            await _json(send, 200 if ready else 503, body)
         elif path == "/metrics":
             payload = generate_latest(self.metrics.registry)
             await _reply(send, 200, payload, CONTENT_TYPE_LATEST)

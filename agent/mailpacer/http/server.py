@@ -19,7 +19,11 @@ async def serve_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``bind`` (``host:port``; port 0 picks one) until cancelled."""
+    """Listen on ``bind`` (``host:port``; port 0 picks one) until cancelled.
+
+    The app's background monitors (database probe, host state, event-loop lag) run beside
+    the server, so everything the endpoints answer is already in memory.
+    """
     config = Config()
     config.bind = [bind]
     config.accesslog = None
@@ -27,4 +31,7 @@ async def serve_http(
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 5.0
     config.h11_max_incomplete_size = 16 * 1024
-    await serve(app, config, mode="asgi", task_status=task_status)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app.run_monitors)
+        await serve(app, config, mode="asgi", task_status=task_status)  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
