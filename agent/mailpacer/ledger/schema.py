@@ -24,9 +24,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 
-__all__ = ["SCHEMA_VERSION", "campaigns", "metadata", "recipients", "schema_info"]
-
-SCHEMA_VERSION = 1
+__all__ = [
+    "agents",
+    "campaigns",
+    "events",
+    "metadata",
+    "recipients",
+    "schema_info",
+    "suppressions",
+]
 
 metadata = MetaData()
 
@@ -56,6 +62,7 @@ campaigns = Table(
     Column("updated_at", Double, nullable=False),
     Column("finished_at", Double, nullable=True),
     Column("note", Text, nullable=True),
+    Column("control", String(16), nullable=True),  # v3: 'pause' = paused by an operator
     mysql_charset="utf8mb4",
 )
 
@@ -79,6 +86,47 @@ recipients = Table(
     Column("updated_at", Double, nullable=False),
     Column("sent_at", Double, nullable=True),
     UniqueConstraint("campaign_id", "email_key", name="uq_recipients_campaign_email"),
+    mysql_charset="utf8mb4",
+)
+
+# Schema version 2 ------------------------------------------------------------------------
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # 'address' or 'domain'
+    Column("value", String(320), nullable=False),  # the address's dedup key, or the domain
+    Column("reason", Text, nullable=True),
+    Column("source", String(200), nullable=True),  # e.g. 'bounce', 'complaint', 'import:x.csv'
+    Column("created_at", Double, nullable=False),
+    UniqueConstraint("kind", "value", name="uq_suppressions_kind_value"),
+    mysql_charset="utf8mb4",
+)
+
+# The outbox: what happened, in order, for delivery to the main server (issue 5).
+events = Table(
+    "events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),  # the monotonic sequence
+    Column("campaign_id", Integer, ForeignKey("campaigns.id"), nullable=True),
+    Column("recipient_id", _BigId, nullable=True),
+    Column("type", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON
+    Column("created_at", Double, nullable=False),
+    Column("delivered_at", Double, nullable=True),
+    Index("ix_events_undelivered", "delivered_at", "id"),
+    mysql_charset="utf8mb4",
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the lease owner, "host:pid"
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("started_at", Double, nullable=False),
+    Column("heartbeat", Double, nullable=False),
     mysql_charset="utf8mb4",
 )
 
@@ -122,3 +170,12 @@ Index(
     recipients.c.status,
     recipients.c.next_attempt_at,
 ).ddl_if(callable_=_not_sqlite)
+
+# Leases in force, for reclaiming those of dead agents (v2). Only claimed/sending rows are
+# in it on SQLite, so it stays as small as the work in flight.
+ix_recipients_leased = Index(
+    "ix_recipients_leased",
+    recipients.c.campaign_id,
+    recipients.c.lease_expires,
+    sqlite_where=text("status IN ('claimed', 'sending')"),
+).ddl_if(dialect="sqlite")

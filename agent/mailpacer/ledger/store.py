@@ -7,20 +7,33 @@ capacity limiter no larger than the connection pool.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
+import random
+import re
+import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import bindparam, event, func
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from mailpacer.ledger.schema import SCHEMA_VERSION, campaigns, metadata, recipients, schema_info
+from mailpacer.ledger.migrations import SCHEMA_VERSION, migrate
+from mailpacer.ledger.schema import agents, campaigns, events, recipients, suppressions
 from mailpacer.ledger.states import CampaignState, RecipientState
 
 __all__ = [
@@ -33,6 +46,8 @@ __all__ = [
 ]
 
 R = RecipientState
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class LedgerError(Exception):
@@ -43,7 +58,7 @@ def mask_url(url: str | URL) -> str:
     """The database URL with its password hidden."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<invalid database URL>"
     return parsed.render_as_string(hide_password=True)
 
@@ -123,6 +138,11 @@ class _Prepared:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # Transactions are ours, not pysqlite's: its legacy mode starts a transaction only
+    # before the first write, so a claim's SELECT ran outside it and two processes could
+    # claim the same rows. ``_sqlite_begin`` emits BEGIN (reads) or BEGIN IMMEDIATE (writes:
+    # the write lock is taken before the SELECT, so claims are serialised).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL: readers (status, HTTP) never block the writer; NORMAL: no fsync per commit,
     # still safe against a process crash (the test kills the process, not the machine).
@@ -133,16 +153,117 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get("mailpacer_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# MySQL/MariaDB errors after which the whole transaction may simply be run again.
+_RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock
+
+
+def _retry_on_conflict(method: Callable[P, T]) -> Callable[P, T]:
+    """Run a write transaction again (up to 5 times) when MariaDB picks it as a deadlock victim.
+
+    A rolled-back transaction changed nothing, so running it again is exact.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(5):
+            try:
+                return method(*args, **kwargs)
+            except DBAPIError as exc:
+                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+                if code not in _RETRYABLE_MYSQL or attempt == 4:
+                    raise
+                time.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _suppression_key(value: str) -> tuple[str, str]:
+    from mailpacer.message.address import InvalidAddress, parse_address
+
+    text = value.strip()
+    try:
+        if "@" in text:
+            return "address", parse_address(text).key
+        return "domain", parse_address(f"x@{text}").key.rpartition("@")[2]
+    except InvalidAddress as exc:
+        raise LedgerError(f"cannot suppress {value!r}: {exc}") from None
+
+
+CONNECT_TIMEOUT = 5.0  # TCP connect + the server's greeting + authentication
+READ_TIMEOUT = 30.0  # one query (MySQL/MariaDB)
+POOL_SIZE = 10
+POOL_MAX = 20
+# MySQL errors worth another connection attempt (can't connect, gone away, lost).
+_RETRY_CONNECT = {2003, 2006, 2013}
+
+
+def _mysql_connect(read_timeout: float) -> Callable[..., Any]:
+    """A frozen server accepts TCP but never greets: pymysql would wait ``read_timeout``
+    (30 s) for the greeting. Connect with the short timeout, then allow queries the long one."""
+
+    def do_connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+        connection._read_timeout = read_timeout
+        return connection
+
+    return do_connect
+
+
+CONTROL_PAUSE = "pause"  # campaigns.control: an operator paused it (`campaign pause`)
+RECLAIM_EVERY = 30.0  # seconds between claim()'s sweeps for expired leases
+HEARTBEAT_EVERY = 10.0  # seconds between claim()'s agent heartbeats
+
+# Written exactly like the SQLite partial index's condition, so that index is used.
+_LEASED = sa.text("recipients.status IN ('claimed', 'sending')")
+
+
+def _dead_local(owner: str) -> bool:
+    """True when ``owner`` ("host:pid") is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 class Ledger:
     """Blocking access to the ledger database."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
+        """Open (lazily) the ledger at ``url``.
+
+        MySQL/MariaDB: connecting (TCP and the server's greeting) gives up after
+        ``connect_timeout`` s, a query after ``read_timeout`` s; the pool holds at most
+        ``pool_size`` connections (default 10, at most 20; also ``?pool_size=N`` in the URL),
+        each pinged before use.
+        """
+        self.connect_timeout = connect_timeout
         self.url_text = mask_url(url)
         try:
             parsed = make_url(url)
-        except ArgumentError:
+        except (ArgumentError, ValueError) as exc:
+            shown = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)  # never show a password
+            detail = f" ({exc})" if isinstance(exc, ValueError) else ""
             raise LedgerError(
-                f"invalid database URL {url!r}: expected e.g. sqlite:///./mailpacer.db "
+                f"invalid database URL {shown!r}{detail}: expected e.g. sqlite:///./mailpacer.db "
                 "or mysql+pymysql://user:password@host/database"
             ) from None
         self.url = parsed
@@ -165,15 +286,31 @@ class Ledger:
             kwargs["connect_args"] = {"timeout": connect_timeout}
         else:
             self.sqlite_path = None
+            in_url = parsed.query.get("pool_size")
+            parsed = parsed.difference_update_query(["pool_size"])
+            self.url = parsed
+            try:
+                size = int(in_url) if isinstance(in_url, str) else (pool_size or POOL_SIZE)
+            except ValueError:
+                size = -1
+            if not 1 <= size <= POOL_MAX:
+                raise LedgerError(
+                    f"pool_size {in_url or pool_size!r} for {self.url_text}: must be a number "
+                    f"from 1 to {POOL_MAX}"
+                )
             kwargs.update(
-                pool_size=pool_size,
+                pool_size=size,
                 max_overflow=0,
                 pool_timeout=connect_timeout,
                 pool_recycle=3600,
+                # READ COMMITTED: FOR UPDATE SKIP LOCKED then locks only the rows it returns;
+                # REPEATABLE READ's gap locks made concurrent claimers deadlock.
+                isolation_level="READ COMMITTED",
                 connect_args={
-                    "connect_timeout": int(max(1, connect_timeout)),
-                    "read_timeout": 30,
-                    "write_timeout": 30,
+                    "connect_timeout": connect_timeout,
+                    # until the handshake is done; then read_timeout (see _mysql_connect)
+                    "read_timeout": connect_timeout,
+                    "write_timeout": read_timeout,
                     "charset": "utf8mb4",
                 },
             )
@@ -183,6 +320,12 @@ class Ledger:
             raise LedgerError(f"cannot use database {self.url_text!r}: {exc}") from None
         if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            event.listen(self.engine, "do_connect", _mysql_connect(read_timeout))
+        self._writes = self.engine.execution_options(mailpacer_write=True)
+        self._last_reclaim = float("-inf")
+        self._last_heartbeat = float("-inf")
         self._upsert_ignore = "OR IGNORE" if self.backend == "sqlite" else "IGNORE"
         self._prepare_statements()
 
@@ -237,6 +380,11 @@ class Ledger:
             .limit(bindparam("lim"))
         )
         if self.backend != "sqlite":
+            # MariaDB's optimizer prefers walking the primary key for ORDER BY id LIMIT,
+            # i.e. through every finished row (0.5 s per claim at 200k rows); the
+            # (campaign, status, id) index gives the due rows in order directly (~ms).
+            due = due.with_hint(recipients, "FORCE INDEX (ix_recipients_state_due)")
+            fresh = fresh.with_hint(recipients, "FORCE INDEX (ix_recipients_state_id)")
             due = due.with_for_update(skip_locked=True)
             fresh = fresh.with_for_update(skip_locked=True)
         self._claim_due = _Prepared(due, dialect)
@@ -246,41 +394,77 @@ class Ledger:
             self._insert_stmt.values({c: bindparam(c) for c in columns}), dialect
         )
 
+    def _write(self) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, the write lock taken up front)."""
+        return self._writes.begin()
+
     def _describe(self, exc: BaseException) -> str:
         original = getattr(exc, "orig", None) or exc
         return f"{type(original).__name__}: {original}"
 
     def check(self) -> None:
-        """Open one connection, or raise LedgerError with what went wrong."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise LedgerError(
-                f"cannot open the ledger {self.url_text}: {self._describe(exc)}"
-            ) from None
+        """Open one connection, or raise LedgerError with what went wrong.
 
-    def upgrade(self) -> int:
-        """Create or upgrade the schema; return the version now in place."""
+        Up to 3 attempts with exponential backoff and jitter while the server refuses or
+        drops connections, all within ``connect_timeout`` (a server that does not answer at
+        all costs one timeout, not three). Wrong password, unknown database: no retry.
+        """
+        started = time.monotonic()
+        for attempt in range(3):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+                return
+            except (DBAPIError, SQLAlchemyError) as exc:
+                orig = getattr(exc, "orig", None)
+                code = orig.args[0] if orig is not None and orig.args else None
+                pause = 0.25 * 2**attempt * random.uniform(0.8, 1.2)
+                elapsed = time.monotonic() - started
+                if (
+                    attempt < 2
+                    and code in _RETRY_CONNECT
+                    and elapsed + pause < self.connect_timeout
+                ):
+                    time.sleep(pause)
+                    continue
+                hint = ""
+                if elapsed >= self.connect_timeout * 0.9:
+                    hint = f" (no answer within {self.connect_timeout:g} s)"
+                raise LedgerError(
+                    f"cannot open the ledger {self.url_text}{hint}: {self._describe(exc)}"
+                ) from None
+
+    def upgrade(
+        self,
+        target: int = SCHEMA_VERSION,
+        *,
+        on_step: Callable[[int, str], None] | None = None,
+    ) -> int:
+        """Create or upgrade the schema (see ``migrations``); return the version now in place."""
         try:
-            with self.engine.begin() as conn:
-                metadata.create_all(conn)
-                row = conn.execute(sa.select(schema_info.c.version)).first()
-                if row is None:
-                    conn.execute(
-                        schema_info.insert().values(
-                            id=1, version=SCHEMA_VERSION, applied_at=time.time()
+            with self._writes.connect() as conn:
+                mysql = self.backend != "sqlite"
+                if mysql:
+                    got = conn.exec_driver_sql("SELECT GET_LOCK('mailpacer_schema', 60)").scalar()
+                    conn.commit()
+                    if got != 1:
+                        raise LedgerError(
+                            f"cannot prepare the ledger {self.url_text}: another process has "
+                            "been upgrading its schema for 60 s"
                         )
-                    )
-                    return SCHEMA_VERSION
-                version = int(row[0])
+                try:
+                    before, version = migrate(conn, target, on_step=on_step)
+                finally:
+                    if mysql:
+                        conn.exec_driver_sql("SELECT RELEASE_LOCK('mailpacer_schema')")
+                        conn.commit()
         except (DBAPIError, SQLAlchemyError) as exc:
             raise LedgerError(
                 f"cannot prepare the ledger {self.url_text}: {self._describe(exc)}"
             ) from None
-        if version > SCHEMA_VERSION:
+        if before > SCHEMA_VERSION:
             raise LedgerError(
-                f"the ledger {self.url_text} has schema version {version}, newer than this "
+                f"the ledger {self.url_text} has schema version {before}, newer than this "
                 f"mailpacer understands ({SCHEMA_VERSION}); upgrade mailpacer"
             )
         return version
@@ -330,33 +514,121 @@ class Ledger:
         settings: Mapping[str, Any],
         source: str | None = None,
     ) -> Campaign:
+        """Create a campaign. If another agent created the same one (same name, sender and
+        template) a moment before, that one is returned; a different one is an error."""
         now = time.time()
-        with self.engine.begin() as conn:
-            conn.execute(
-                campaigns.insert().values(
-                    name=name,
-                    status=CampaignState.READY.value,
-                    sender=sender,
-                    template_dir=template_dir,
-                    source=source,
-                    settings=json.dumps(dict(settings), sort_keys=True),
-                    created_at=now,
-                    updated_at=now,
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    campaigns.insert().values(
+                        name=name,
+                        status=CampaignState.READY.value,
+                        sender=sender,
+                        template_dir=template_dir,
+                        source=source,
+                        settings=json.dumps(dict(settings), sort_keys=True),
+                        created_at=now,
+                        updated_at=now,
+                    )
                 )
-            )
+        except IntegrityError:
+            existing = self.campaign_by_name(name)
+            if existing is None or (existing.sender, existing.template_dir) != (
+                sender,
+                template_dir,
+            ):
+                raise LedgerError(
+                    f"a campaign named {name!r} already exists in {self.url_text} with another "
+                    "sender or template"
+                ) from None
+            return existing
         campaign = self.campaign_by_name(name)
         assert campaign is not None
         return campaign
 
     def update_campaign(self, campaign_id: int, **values: Any) -> None:
+        """Change a campaign's columns. A cancelled campaign stays cancelled (a sender that
+        stops after ``campaign cancel`` must not turn it back into *paused*)."""
         if "settings" in values:
             values["settings"] = json.dumps(values["settings"], sort_keys=True)
         values["updated_at"] = time.time()
-        with self.engine.begin() as conn:
-            conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(**values))
+        c = campaigns.c
+        with self._write() as conn:
+            if "status" in values and values["status"] != CampaignState.CANCELLED.value:
+                status = values.pop("status")
+                extra = {"control": None} if status == CampaignState.RUNNING.value else {}
+                conn.execute(  # a sender starting on an operator-paused campaign resumes it
+                    campaigns.update()
+                    .where(c.id == campaign_id, c.status != CampaignState.CANCELLED.value)
+                    .values(status=status, **extra)
+                )
+            conn.execute(campaigns.update().where(c.id == campaign_id).values(**values))
+
+    def set_campaign_status(
+        self,
+        campaign_id: int,
+        status: CampaignState,
+        *,
+        allowed_from: Sequence[CampaignState],
+        control: str | None = None,
+    ) -> bool:
+        """Move a campaign to ``status`` if it is in one of ``allowed_from`` (atomically).
+
+        ``control`` is the operator's standing order (``"pause"``), cleared otherwise.
+        """
+        c = campaigns.c
+        with self._write() as conn:
+            changed = conn.execute(
+                campaigns.update()
+                .where(c.id == campaign_id, c.status.in_([s.value for s in allowed_from]))
+                .values(status=status.value, control=control, updated_at=time.time())
+            ).rowcount
+        return bool(changed)
+
+    @_retry_on_conflict
+    def requeue(
+        self,
+        campaign_id: int,
+        from_state: RecipientState,
+        to_state: RecipientState,
+        *,
+        note: str,
+        emails: Sequence[str] | None = None,
+        now: float,
+    ) -> int:
+        """Operator decisions: failed/deferred/uncertain -> pending (send again), or
+        uncertain -> sent. ``emails`` limits it to those addresses (case-insensitive)."""
+        t = recipients.c
+        conditions = [t.campaign_id == campaign_id, t.status == from_state.value]
+        if emails is not None:
+            conditions.append(t.email_key.in_([e.strip().lower() for e in emails]))
+        values: dict[str, Any] = {
+            "status": to_state.value,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_expires": None,
+            "last_reply": sa.func.coalesce(t.last_reply, "") + f" [{note}]",
+        }
+        if to_state is R.PENDING:
+            values["next_attempt_at"] = 0.0
+        with self._write() as conn:
+            changed = int(
+                conn.execute(recipients.update().where(*conditions).values(**values)).rowcount or 0
+            )
+            if changed:
+                conn.execute(
+                    campaigns.update()
+                    .where(
+                        campaigns.c.id == campaign_id,
+                        campaigns.c.status == CampaignState.FINISHED.value,
+                    )
+                    .values(status=CampaignState.READY.value, finished_at=None, updated_at=now)
+                )
+        return changed
 
     # -- recipients --------------------------------------------------------------
 
+    @_retry_on_conflict
     def insert_recipients(self, campaign_id: int, rows: Sequence[Mapping[str, Any]]) -> int:
         """Insert new recipients; an address already in the campaign is skipped.
 
@@ -380,7 +652,7 @@ class Ledger:
             }
             for r in rows
         ]
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return self._insert_many.run(conn, params)
 
     @staticmethod
@@ -407,6 +679,7 @@ class Ledger:
             counts[str(status)] = int(count)
         return counts
 
+    @_retry_on_conflict
     def recover(
         self, campaign_id: int, owner: str | None, now: float | None = None
     ) -> dict[str, int]:
@@ -414,42 +687,211 @@ class Ledger:
 
         Claimed rows (never on the wire) go back to pending. Rows in *sending* may have
         reached the relay: they become *uncertain* and are never resent silently.
-        ``owner=None`` takes every row (SQLite: we hold the only lock); otherwise only
-        this owner's rows and rows whose lease has expired.
+        ``owner=None`` takes every row (SQLite: we hold the only lock); otherwise this
+        owner's rows, rows whose lease has expired, and rows of agents on this host whose
+        process is gone (owner ``host:pid``; a SIGKILLed sender's rows need not wait for
+        their lease to expire).
         """
         now = time.time() if now is None else now
         t = recipients.c
-        scope = [t.campaign_id == campaign_id]
-        if owner is not None:
-            scope.append(sa.or_(t.lease_owner == owner, t.lease_expires < now))
-        with self.engine.begin() as conn:
-            released = conn.execute(
-                recipients.update()
-                .where(t.status == R.CLAIMED.value, *scope)
-                .values(
-                    status=R.PENDING.value, lease_owner=None, lease_expires=None, updated_at=now
+        with self._write() as conn:
+            scope: Any = t.campaign_id == campaign_id
+            if owner is not None:
+                owners = conn.execute(
+                    sa.select(t.lease_owner)
+                    .where(t.campaign_id == campaign_id, _LEASED)
+                    .group_by(t.lease_owner)
+                ).scalars()
+                dead = [o for o in owners if o is not None and o != owner and _dead_local(o)]
+                scope = sa.and_(
+                    scope,
+                    _LEASED,
+                    sa.or_(t.lease_owner.in_([owner, *dead]), t.lease_expires < now),
                 )
-            ).rowcount
-            uncertain = conn.execute(
-                recipients.update()
-                .where(t.status == R.SENDING.value, *scope)
-                .values(
-                    status=R.UNCERTAIN.value,
-                    lease_owner=None,
-                    lease_expires=None,
-                    updated_at=now,
-                    last_reply=sa.func.coalesce(t.last_reply, "")
-                    + " [agent stopped after handing the message to the relay; "
-                    "delivery unknown]",
-                )
-            ).rowcount
+            counts = self._settle_leases(conn, scope, now)
+        return counts
+
+    @staticmethod
+    def _settle_leases(conn: Connection, scope: Any, now: float) -> dict[str, int]:
+        t = recipients.c
+        released = conn.execute(
+            recipients.update()
+            .where(scope, t.status == R.CLAIMED.value)
+            .values(status=R.PENDING.value, lease_owner=None, lease_expires=None, updated_at=now)
+        ).rowcount
+        uncertain = conn.execute(
+            recipients.update()
+            .where(scope, t.status == R.SENDING.value)
+            .values(
+                status=R.UNCERTAIN.value,
+                lease_owner=None,
+                lease_expires=None,
+                updated_at=now,
+                last_reply=sa.func.coalesce(t.last_reply, "")
+                + " [agent stopped after handing the message to the relay; delivery unknown]",
+            )
+        ).rowcount
         return {"released": int(released or 0), "uncertain": int(uncertain or 0)}
 
+    @_retry_on_conflict
+    def reclaim_expired(self, campaign_id: int, now: float) -> dict[str, int]:
+        """Leases past their expiry (their agent is dead or stuck): claimed -> pending,
+        sending -> uncertain. ``claim`` does this by itself every ``RECLAIM_EVERY`` seconds."""
+        t = recipients.c
+        with self._write() as conn:
+            return self._settle_leases(
+                conn, sa.and_(t.campaign_id == campaign_id, _LEASED, t.lease_expires < now), now
+            )
+
+    # -- agents ------------------------------------------------------------------------
+
+    def heartbeat(self, owner: str, now: float) -> None:
+        """Record that agent ``owner`` ("host:pid") is alive (``claim`` calls this too)."""
+        with self._write() as conn:
+            self._heartbeat(conn, owner, now)
+        self._last_heartbeat = now
+
+    @staticmethod
+    def _heartbeat(conn: Connection, owner: str, now: float) -> None:
+        updated = conn.execute(
+            agents.update().where(agents.c.id == owner).values(heartbeat=now)
+        ).rowcount
+        if not updated:
+            host, _, pid = owner.rpartition(":")
+            conn.execute(
+                agents.insert().values(
+                    id=owner[:64],
+                    host=(host or owner)[:255],
+                    pid=int(pid) if pid.isdigit() else None,
+                    started_at=now,
+                    heartbeat=now,
+                )
+            )
+
+    # -- suppressions ------------------------------------------------------------------
+
+    def add_suppression(
+        self, value: str, *, reason: str | None = None, source: str | None = None, now: float
+    ) -> bool:
+        """Suppress an address (``a@b``) or a whole domain (``b``); False if already there."""
+        kind, key = _suppression_key(value)
+        with self._write() as conn:
+            inserted = conn.execute(
+                suppressions.insert()
+                .prefix_with(self._upsert_ignore)
+                .values(kind=kind, value=key, reason=reason, source=source, created_at=now)
+            ).rowcount
+        return bool(inserted)
+
+    @_retry_on_conflict
+    def apply_suppressions(self, campaign_id: int, *, now: float) -> int:
+        """Pending and deferred recipients on the suppression list become *suppressed*."""
+        t = recipients.c
+        s = suppressions.c
+        if self.backend == "sqlite":
+            domain: Any = sa.func.substr(t.email_key, sa.func.instr(t.email_key, "@") + 1)
+        else:
+            domain = sa.func.substring_index(t.email_key, "@", -1)
+        listed = sa.or_(
+            sa.exists().where(s.kind == "address", s.value == t.email_key),
+            sa.exists().where(s.kind == "domain", s.value == domain),
+        )
+        with self._write() as conn:
+            result = conn.execute(
+                recipients.update()
+                .where(
+                    t.campaign_id == campaign_id,
+                    t.status.in_([R.PENDING.value, R.DEFERRED.value]),
+                    listed,
+                )
+                .values(
+                    status=R.SUPPRESSED.value, last_reply="on the suppression list", updated_at=now
+                )
+            )
+        return int(result.rowcount or 0)
+
+    # -- the events outbox ---------------------------------------------------------------
+
+    def add_events(
+        self,
+        items: Sequence[tuple[int | None, int | None, str, Mapping[str, Any]]],
+        *,
+        now: float,
+    ) -> None:
+        """Append (campaign_id, recipient_id, type, payload) events to the outbox."""
+        if not items:
+            return
+        with self._write() as conn:
+            self._insert_events(conn, items, now)
+
+    @staticmethod
+    def _insert_events(
+        conn: Connection,
+        items: Sequence[tuple[int | None, int | None, str, Mapping[str, Any]]],
+        now: float,
+    ) -> None:
+        conn.execute(
+            events.insert(),
+            [
+                {
+                    "campaign_id": c,
+                    "recipient_id": r,
+                    "type": kind,
+                    "payload": json.dumps(dict(payload), sort_keys=True),
+                    "created_at": now,
+                }
+                for c, r, kind, payload in items
+            ],
+        )
+
+    def undelivered_events(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The oldest events not yet delivered, in sequence order."""
+        e = events.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events).where(e.delivered_at.is_(None)).order_by(e.id).limit(limit)
+            ).all()
+        return [{**r._mapping, "payload": json.loads(r.payload)} for r in rows]
+
+    def mark_events_delivered(self, ids: Sequence[int], *, now: float) -> int:
+        if not ids:
+            return 0
+        with self._write() as conn:
+            result = conn.execute(
+                events.update()
+                .where(events.c.id.in_(list(ids)), events.c.delivered_at.is_(None))
+                .values(delivered_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(agents).order_by(agents.c.heartbeat.desc())).all()
+        return [dict(r._mapping) for r in rows]
+
+    @_retry_on_conflict
     def claim(
         self, campaign_id: int, owner: str, limit: int, *, now: float, lease_seconds: float
     ) -> list[Claimed]:
-        """Lease up to ``limit`` due recipients: retries that are due first, then new ones."""
-        with self.engine.begin() as conn:
+        """Lease up to ``limit`` due recipients: retries that are due first, then new ones.
+
+        Every ``RECLAIM_EVERY`` seconds it first settles expired leases (a dead agent's), and
+        every ``HEARTBEAT_EVERY`` seconds it records this agent's heartbeat.
+        """
+        with self._write() as conn:
+            if not self._claimable(conn, campaign_id):
+                return []  # paused or cancelled (`mailpacer campaign pause|cancel`)
+            if now - self._last_reclaim >= RECLAIM_EVERY or now < self._last_reclaim:
+                t = recipients.c
+                self._settle_leases(
+                    conn,
+                    sa.and_(t.campaign_id == campaign_id, _LEASED, t.lease_expires < now),
+                    now,
+                )
+                self._last_reclaim = now
+            if now - self._last_heartbeat >= HEARTBEAT_EVERY or now < self._last_heartbeat:
+                self._heartbeat(conn, owner, now)
+                self._last_heartbeat = now
             params = {"cid": campaign_id, "now": now, "lim": limit}
             rows: list[Any] = list(self._claim_due.one(conn, params).fetchall())
             retries = len(rows)
@@ -469,12 +911,43 @@ class Ledger:
             for i, r in enumerate(rows)
         ]
 
-    def mark_sending(self, ids: Sequence[int], owner: str, *, now: float) -> None:
-        """Write-ahead: from here on a crash leaves these recipients *uncertain*, not pending."""
+    @staticmethod
+    def _stopped(row: Any) -> bool:
+        """Paused by an operator (``control``), or cancelled. A campaign a sender left
+        *paused* because it stopped with work left does not stop other senders."""
+        if row is None:
+            return False
+        status, control = row
+        return bool(status == CampaignState.CANCELLED.value or control == CONTROL_PAUSE)
+
+    def _claimable(self, conn: Connection, campaign_id: int) -> bool:
+        c = campaigns.c
+        row = conn.execute(sa.select(c.status, c.control).where(c.id == campaign_id)).first()
+        return not self._stopped(row)
+
+    def _campaign_of_paused(self, conn: Connection, recipient_id: int) -> bool:
+        c = campaigns.c
+        row = conn.execute(
+            sa.select(c.status, c.control)
+            .select_from(campaigns.join(recipients, recipients.c.campaign_id == c.id))
+            .where(recipients.c.id == recipient_id)
+        ).first()
+        return self._stopped(row)
+
+    @_retry_on_conflict
+    def mark_sending(self, ids: Sequence[int], owner: str, *, now: float) -> int:
+        """Write-ahead: from here on a crash leaves these recipients *uncertain*, not pending.
+
+        Returns how many rows were marked: fewer than ``len(ids)`` means some lease was lost
+        (expired and reclaimed by another agent), and 0 that the campaign was paused or
+        cancelled (nothing is marked then); what was not marked must not be sent.
+        """
         if not ids:
-            return
-        with self.engine.begin() as conn:
-            self._update_ids(
+            return 0
+        with self._write() as conn:
+            if self._campaign_of_paused(conn, ids[0]):
+                return 0
+            return self._update_ids(
                 conn,
                 "status=%s, updated_at=%s",
                 (R.SENDING.value, now),
@@ -490,7 +963,7 @@ class Ledger:
         ids: Sequence[int],
         *,
         owner: str | None = None,
-    ) -> None:
+    ) -> int:
         """``UPDATE recipients SET ... WHERE id IN (...)`` without SQLAlchemy's IN expansion."""
         p = self._placeholder
         marks = ",".join([p] * len(ids))
@@ -499,12 +972,13 @@ class Ledger:
         if owner is not None:
             sql += f" AND lease_owner = {p}"
             params = (*params, owner)
-        conn.exec_driver_sql(sql, params)
+        return int(conn.exec_driver_sql(sql, params).rowcount or 0)
 
+    @_retry_on_conflict
     def release_claimed(self, campaign_id: int, owner: str) -> int:
         """Claimed rows this agent never started go back to pending (clean shutdown)."""
         t = recipients.c
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 recipients.update()
                 .where(
@@ -516,8 +990,14 @@ class Ledger:
             )
         return int(result.rowcount or 0)
 
-    def record(self, outcomes: Iterable[Outcome]) -> int:
-        """Write a batch of outcomes in one transaction."""
+    @_retry_on_conflict
+    def record(
+        self,
+        outcomes: Iterable[Outcome],
+        events_: Sequence[tuple[int | None, int | None, str, Mapping[str, Any]]] = (),
+    ) -> int:
+        """Write a batch of outcomes in one transaction, with their outbox events if given
+        (so an outcome and the event that reports it are never one without the other)."""
         now = time.time()
         params = [
             {
@@ -535,14 +1015,19 @@ class Ledger:
         ]
         if not params:
             return 0
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._record_many.run(conn, params)
+            if events_:
+                self._insert_events(conn, events_, now)
         return len(params)
 
     def next_due(self, campaign_id: int) -> float | None:
-        """When the earliest deferred recipient may be retried (None: nothing deferred)."""
+        """When the earliest deferred recipient may be retried (None: nothing deferred, or
+        the campaign is paused or cancelled: nothing will be claimed)."""
         t = recipients.c
         with self.engine.connect() as conn:
+            if not self._claimable(conn, campaign_id):
+                return None
             value = conn.execute(
                 sa.select(func.min(t.next_attempt_at)).where(
                     t.campaign_id == campaign_id,
