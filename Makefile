@@ -36,6 +36,9 @@ demo: $(RUN_STAMP)
 
 deps:
 	@bash tests/setup/install-debian-packages.sh
+	@bash tests/hosts/install-deps.sh
+	@bash tests/setup/install-prometheus.sh
+	@bash tests/setup/start-mariadb.sh
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check agent tests bench
@@ -45,7 +48,8 @@ typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 pytest: $(TEST_STAMP) deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	MAILPACER_REQUIRE_POSTFIX=1 MAILPACER_REQUIRE_TESTHOST=1 MAILPACER_REQUIRE_PROMETHEUS=1 \
+		MAILPACER_REQUIRE_MARIADB=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 test: deps $(TEST_STAMP)
 	$(MAKE) --no-print-directory lint typecheck pytest

@@ -71,7 +71,9 @@ def parse_rate(text: str) -> Rate:
         )
     count = float(match.group(1))
     multiplier = int(match.group(2)) if match.group(2) else 1
-    unit = match.group(3).rstrip("s") if match.group(3) not in ("s",) else "s"
+    unit = match.group(3)
+    if unit not in _RATE_UNITS and len(unit) > 3 and unit.endswith("s"):
+        unit = unit[:-1]  # plurals of the long forms: mins, hours, days, secs
     if unit not in _RATE_UNITS:
         raise ConfigError(
             f"invalid rate {text!r}: unknown unit {match.group(3)!r} (use s, min, h or day)"
@@ -81,7 +83,7 @@ def parse_rate(text: str) -> Rate:
     return Rate(count, _RATE_UNITS[unit] * multiplier, text.strip())
 
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h|d)?")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|min|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -132,6 +134,8 @@ class RelayConfig:
     allow_plain_auth: bool = False
     helo: str | None = None
     max_messages_per_connection: int = 0  # 0 = unlimited
+    priority: int = 0  # failover order: lower first; a tier is used while any of it works
+    weight: int = 1  # share of new connections within its priority tier
 
     @property
     def name(self) -> str:
@@ -149,13 +153,21 @@ def parse_relay_url(url: str) -> RelayConfig:
     """Parse ``smtp://host:port``, ``smtps://user:pass@host``, ``smtp+starttls://...?verify=false``.
 
     Query options: ``verify`` (certificate verification, default true), ``cafile``,
-    ``allow_plain_auth`` (AUTH without TLS), ``helo`` (our EHLO name), ``max_per_connection``.
+    ``allow_plain_auth`` (AUTH without TLS), ``helo`` (our EHLO name), ``max_per_connection``,
+    ``priority`` (failover order, lower first) and ``weight`` (sharing within a priority).
     """
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"invalid relay URL {_mask(url)!r}: {exc}") from None
+        # "Port could not be cast to integer value as 'xx'" may quote part of a password
+        detail = str(exc)
+        if "cast to integer" in detail:
+            detail = (
+                "the port is not a number (a password containing '/', ':' or '@' "
+                "must be percent-encoded)"
+            )
+        raise ConfigError(f"invalid relay URL {_mask(url)!r}: {detail}") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigError(
@@ -166,12 +178,28 @@ def parse_relay_url(url: str) -> RelayConfig:
         raise ConfigError(f"invalid relay URL {_mask(url)!r}: no host (e.g. smtp://127.0.0.1:25)")
     tls, default_port = _SCHEMES[scheme]
     options = {k.lower(): v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    known = {"verify", "cafile", "allow_plain_auth", "helo", "max_per_connection"}
+    known = {
+        "verify",
+        "cafile",
+        "allow_plain_auth",
+        "helo",
+        "max_per_connection",
+        "priority",
+        "weight",
+    }
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(
             f"invalid relay URL {_mask(url)!r}: unknown option(s) {', '.join(unknown)} "
             f"(known: {', '.join(sorted(known))})"
+        )
+    if port == 0:
+        raise ConfigError(f"invalid relay URL {_mask(url)!r}: port 0 is not a usable port")
+    helo = options.get("helo") or None
+    if helo is not None and not _HELO.fullmatch(helo):
+        raise ConfigError(
+            f"invalid relay URL {_mask(url)!r}: helo {helo[:80]!r} must be a host name "
+            "or an address literal such as [192.0.2.1]"
         )
     max_per_connection = 0
     if "max_per_connection" in options:
@@ -183,6 +211,8 @@ def parse_relay_url(url: str) -> RelayConfig:
             raise ConfigError(
                 f"invalid relay URL {_mask(url)!r}: max_per_connection must be an integer >= 0"
             )
+    priority = _int_option(url, options, "priority", default=0, low=0, high=1000)
+    weight = _int_option(url, options, "weight", default=1, low=1, high=1000)
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     if password is not None and not username:
@@ -199,11 +229,30 @@ def parse_relay_url(url: str) -> RelayConfig:
         allow_plain_auth=parse_bool(
             options.get("allow_plain_auth", "false"), "allow_plain_auth option"
         ),
-        helo=options.get("helo") or None,
+        helo=helo,
         max_messages_per_connection=max_per_connection,
+        priority=priority,
+        weight=weight,
     )
+
+
+def _int_option(
+    url: str, options: dict[str, str], name: str, *, default: int, low: int, high: int
+) -> int:
+    if name not in options:
+        return default
+    text = options[name].strip()
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(
+            f"invalid relay URL {_mask(url)!r}: {name} must be an integer from {low} to {high}"
+        )
+    return int(text)
 
 
 def _mask(url: str) -> str:
     """Hide a password in a URL so that error messages never leak it."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+# An EHLO argument: a domain or an address literal; nothing that could end the command.
+_HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})|\[[0-9A-Za-z.:-]{1,60}\]")

@@ -3,10 +3,11 @@
 #  - postfix: smtp-sink / smtp-source / smtpd (real SMTP peers). Installed with
 #    "No configuration" and a policy-rc.d that forbids starting services, so no
 #    Postfix master ends up holding port 25.
+#  - sasl2-bin, libsasl2-modules: Cyrus SASL for the Postfix smtpd AUTH fixture.
 #  - mariadb-server: the MySQL backend of the ledger (started by tests/setup/start-mariadb.sh).
 #  - openssl, iproute2, procps: certificates, network namespaces, process tools.
 set -euo pipefail
-packages=(postfix mariadb-server mariadb-client openssl iproute2 procps psmisc)
+packages=(postfix sasl2-bin libsasl2-modules mariadb-server mariadb-client openssl iproute2 procps psmisc)
 packages+=(${MAILPACER_EXTRA_DEBS:-})
 
 missing=()

@@ -7,20 +7,25 @@ list, sends a personalized campaign through the sink with live progress while se
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import email
 import email.policy
 import random
+import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailpacer.commands.send import SendOptions, UsageError, run_send
+from mailpacer.commands import UsageError
+from mailpacer.commands.send import SendOptions, run_send
+from mailpacer.sink import start_sink_process
 
 __all__ = ["DemoOptions", "find_template", "run_demo", "write_sample_list"]
 
@@ -83,27 +88,10 @@ def _free_bind(wanted: str) -> str:
 
 
 def _start_sink(store: Path) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mailpacer",
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            str(store),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "listening on" not in line:
-        process.kill()
-        raise UsageError(f"the demo sink did not start (it said {line.strip()!r})")
-    return process, int(line.rsplit(":", 1)[1])
+    try:
+        return start_sink_process(store)
+    except RuntimeError as exc:
+        raise UsageError(f"the demo {exc}") from None
 
 
 def run_demo(opts: DemoOptions) -> int:
@@ -122,7 +110,14 @@ def run_demo(opts: DemoOptions) -> int:
     write_sample_list(recipients, opts.recipients)
     sink, port = _start_sink(received)
     print(f"demo: built-in SMTP sink (aiosmtpd inside Trio) listening on 127.0.0.1:{port}")
-    started = time.monotonic()
+    secret = work / "report.secret"
+    secret.write_text(secrets.token_hex(24) + "\n")
+    secret.chmod(0o600)
+    receiver_db = work / "report-receiver.db"
+    for stale in work.glob("report-receiver.db*"):
+        stale.unlink()
+    receiver, report_url = _start_receiver(secret, receiver_db)
+    print(f"demo: a stand-in for your main server (mailpacer report-receiver) at {report_url}")
     try:
         code = run_send(
             SendOptions(
@@ -137,24 +132,57 @@ def run_demo(opts: DemoOptions) -> int:
                 unsubscribe_url="https://example.com/unsubscribe?e={{ email | urlencode }}",
                 http=_free_bind(opts.http),
                 progress=True,
+                report_url=report_url,
+                report_secret_file=secret,
             )
         )
     finally:
-        sink.send_signal(signal.SIGTERM)
-        try:
-            sink.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sink.kill()
+        for process in (sink, receiver):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     files = sorted(received.glob("*.eml"))
-    print(
-        f"demo: the sink received {len(files):,} messages in "
-        f"{time.monotonic() - started:.1f}s; they are in {received}"
-    )
+    print(f"demo: the sink received {len(files):,} messages; they are in {received}")
     if files:
         sample = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
         text = sample.get_body(("plain",))
         first_line = text.get_content().splitlines()[0] if text is not None else ""
         print(f"demo: first message: To: {sample['To']} | Subject: {sample['Subject']}")
         print(f"demo:   {first_line}")
+    print(f"demo: {_receiver_summary(receiver_db)}")
     print(f"demo: ledger: {ledger} (try: .venv/bin/mailpacer status --db sqlite:///{ledger})")
     return code
+
+
+def _start_receiver(secret: Path, db: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``mailpacer report-receiver`` on a free port; its output goes to a log beside its db."""
+    log = db.with_suffix(".log")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailpacer", "report-receiver", "--listen", "127.0.0.1:0",
+             "--secret-file", str(secret), "--db", f"sqlite:///{db}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in log.read_text(errors="replace").splitlines():
+            if "listening on " in line:
+                return process, line.split("listening on ", 1)[1].split(",", 1)[0].strip()
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise UsageError(f"the demo's report receiver did not start (see {log})")
+
+
+def _receiver_summary(db: Path) -> str:
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute("SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type")
+            counts = ", ".join(f"{kind} {n:,}" for kind, n in rows)
+    except sqlite3.Error as exc:
+        return f"the report receiver's store could not be read ({exc})"
+    return f"the main server stand-in received: {counts or 'no events yet'} (in {db})"

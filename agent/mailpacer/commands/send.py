@@ -8,12 +8,15 @@ and the campaign runs until nothing is due, Ctrl-C, or an abort.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any, TextIO
 
 import trio
 
+from mailpacer.commands import EXIT, UsageError
 from mailpacer.config import (
     ConfigError,
     Rate,
@@ -34,32 +38,36 @@ from mailpacer.engine.progress import ProgressDisplay, format_duration
 from mailpacer.engine.stats import CampaignStats
 from mailpacer.http.app import OperatorApp
 from mailpacer.http.health import HealthState
+from mailpacer.http.readiness import Readiness
 from mailpacer.http.server import serve_http
 from mailpacer.ledger.lock import LedgerLock
 from mailpacer.ledger.states import CampaignState
 from mailpacer.ledger.store import Campaign, Ledger, LedgerError
 from mailpacer.ledger.threaded import AsyncLedger
+from mailpacer.logs import configure_logging
 from mailpacer.message.address import InvalidAddress, parse_address
+from mailpacer.message.dkim import DkimError, DkimSigner, load_signer
 from mailpacer.message.factory import MessageFactory, PersonalizedFactory, StaticFactory
 from mailpacer.message.headers import HeaderInjectionError, format_mailbox
 from mailpacer.message.mime import MessageComposer
 from mailpacer.message.render import RenderError, TemplateSet
 from mailpacer.metrics import Metrics
-from mailpacer.sources.csvfile import CsvRecipients, RejectedRow, file_fingerprint
+from mailpacer.report.client import ReportClient
+from mailpacer.report.config import ReportConfig, ReportConfigError
+from mailpacer.report.outbox import LedgerOutbox
+from mailpacer.report.scheduler import CampaignActivity, ReportScheduler
+from mailpacer.sources.csvfile import CsvRecipients
 from mailpacer.sources.importer import ImportReport, import_rows
+from mailpacer.sources.rows import RecipientSource, RecipientSourceError, RejectedRow
+
+log = logging.getLogger("mailpacer.send")
 
 __all__ = ["EXIT", "SendOptions", "UsageError", "run_send"]
-
-EXIT = {"ok": 0, "attention": 1, "usage": 2, "aborted": 3, "interrupted": 130}
-
-
-class UsageError(Exception):
-    """Bad input: reported in one line, exit code 2, nothing sent."""
 
 
 @dataclass
 class SendOptions:
-    recipients: Path
+    recipients: Path | None  # a CSV file, or None with recipients_sql + query
     sender: str
     relays: list[str]
     template: Path | None = None
@@ -78,6 +86,23 @@ class SendOptions:
     progress: bool | None = None  # None: only when stderr is a terminal
     local_hostname: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    recipients_sql: str | None = None  # CRM database URL (mysql+pymysql://...)
+    query: str | None = None  # its SELECT, with an email column
+    dkim_key: Path | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None  # default: the --from address's domain
+    dkim_dns_record: Path | None = None  # the published TXT record, to check the key against
+    guard_bounce_rate: str = "5%"  # pause above this share of hard bounces ("0" = off)
+    guard_deferral_rate: str = "30%"  # ... or of deferrals
+    guard_window: int = 500  # among the last N attempts
+    log_format: str = "text"  # or "json" (one object per line)
+    log_level: str = "warning"
+    log_file: Path | None = None  # default: stderr
+    report_url: str | None = None  # the main server's progress endpoint
+    report_secret_file: Path | None = None
+    report_detail: str = "failures"  # or "all": every recipient outcome
+    report_source: str = "mailpacer"  # names this ledger's event sequence at the receiver
+    report_wait: str = "30s"  # at the end, wait this long for undelivered events
 
 
 @dataclass
@@ -89,9 +114,12 @@ class Prepared:
     envelope_sender: str
     from_header: str
     factory: MessageFactory
-    source: CsvRecipients
+    source: RecipientSource
     campaign_name: str
     wait_deferred: float
+    report: ReportConfig | None = None
+    report_wait: float = 0.0
+    guard: tuple[float, float] = (0.05, 0.30)
 
 
 def _parse_sender(text: str) -> tuple[str, str]:
@@ -107,6 +135,57 @@ def _parse_sender(text: str) -> tuple[str, str]:
     except HeaderInjectionError as exc:
         raise UsageError(f"--from: {exc}") from None
     return parsed.address, header
+
+
+def _open_source(opts: SendOptions) -> RecipientSource:
+    if (opts.recipients is None) == (opts.recipients_sql is None):
+        raise UsageError("give exactly one of --recipients FILE.csv or --recipients-sql URL")
+    if opts.recipients_sql is not None and not opts.query:
+        raise UsageError("--recipients-sql needs --query 'SELECT email, ... FROM ...'")
+    if opts.query is not None and opts.recipients_sql is None:
+        raise UsageError("--query goes with --recipients-sql URL")
+    try:
+        if opts.recipients is not None:
+            return CsvRecipients(opts.recipients)
+        from mailpacer.sources.sql import SqlRecipients
+
+        assert opts.recipients_sql is not None
+        assert opts.query is not None
+        return SqlRecipients(opts.recipients_sql, opts.query)
+    except RecipientSourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _source_stem(opts: SendOptions) -> str:
+    if opts.recipients is not None:
+        return opts.recipients.stem
+    return "query"
+
+
+def _load_dkim(opts: SendOptions, envelope_sender: str) -> DkimSigner | None:
+    given = [opts.dkim_key, opts.dkim_selector, opts.dkim_domain, opts.dkim_dns_record]
+    if opts.dkim_key is None and opts.dkim_selector is None:
+        if any(v is not None for v in given):
+            raise UsageError("DKIM needs --dkim-key FILE and --dkim-selector NAME")
+        return None
+    if opts.dkim_key is None or opts.dkim_selector is None:
+        raise UsageError("DKIM needs both --dkim-key FILE and --dkim-selector NAME")
+    record = None
+    if opts.dkim_dns_record is not None:
+        try:
+            record = opts.dkim_dns_record.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            path = str(opts.dkim_dns_record)
+            raise UsageError(f"cannot read --dkim-dns-record {path!r}: {exc}") from None
+    try:
+        return load_signer(
+            domain=opts.dkim_domain or envelope_sender.rpartition("@")[2],
+            selector=opts.dkim_selector,
+            key_file=opts.dkim_key,
+            dns_record=record,
+        )
+    except DkimError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def prepare(opts: SendOptions) -> Prepared:
@@ -126,10 +205,8 @@ def prepare(opts: SendOptions) -> Prepared:
     if (opts.template is None) == (opts.message is None):
         raise UsageError("give exactly one of --template DIR or --message FILE.eml")
     envelope_sender, from_header = _parse_sender(opts.sender)
-    try:
-        source = CsvRecipients(opts.recipients)
-    except Exception as exc:
-        raise UsageError(str(exc)) from None
+    signer = _load_dkim(opts, envelope_sender)
+    source = _open_source(opts)
     factory: MessageFactory
     if opts.template is not None:
         extra = {"unsubscribe_url": opts.unsubscribe_url} if opts.unsubscribe_url else {}
@@ -141,30 +218,80 @@ def prepare(opts: SendOptions) -> Prepared:
             from_header=from_header,
             message_id_domain=envelope_sender.rpartition("@")[2],
         )
-        name = opts.campaign or f"{opts.template.resolve().name}-{opts.recipients.stem}"
+        name = opts.campaign or f"{opts.template.resolve().name}-{_source_stem(opts)}"
         factory = PersonalizedFactory(
-            templates, composer, envelope_sender=envelope_sender, campaign=name
+            templates, composer, envelope_sender=envelope_sender, campaign=name, signer=signer
         )
     else:
         assert opts.message is not None
         try:
-            factory = StaticFactory(opts.message, envelope_sender=envelope_sender)
+            factory = StaticFactory(opts.message, envelope_sender=envelope_sender, signer=signer)
         except Exception as exc:
             raise UsageError(str(exc)) from None
-        name = opts.campaign or f"{opts.message.stem}-{opts.recipients.stem}"
-    return Prepared(
-        relays, rate, envelope_sender, from_header, factory, source, name, wait_deferred
+        name = opts.campaign or f"{opts.message.stem}-{_source_stem(opts)}"
+    report, report_wait = _report_config(opts)
+    guard = (
+        _share("--guard-bounce-rate", opts.guard_bounce_rate),
+        _share("--guard-deferral-rate", opts.guard_deferral_rate),
     )
+    if opts.guard_window < 1:
+        raise UsageError(f"--guard-window {opts.guard_window}: must be at least 1")
+    return Prepared(
+        relays,
+        rate,
+        envelope_sender,
+        from_header,
+        factory,
+        source,
+        name,
+        wait_deferred,
+        report,
+        report_wait,
+        guard,
+    )
+
+
+def _share(option: str, text: str) -> float:
+    """``5%`` or ``0.05`` -> 0.05; ``0`` turns the guard off."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise UsageError(f"{option} {text!r}: expected a share such as 5% or 0.05 (0 = off)")
+    return value
+
+
+def _report_config(opts: SendOptions) -> tuple[ReportConfig | None, float]:
+    if opts.report_url is None:
+        if opts.report_secret_file is not None:
+            raise UsageError("--report-secret-file goes with --report-url URL")
+        return None, 0.0
+    if opts.report_secret_file is None:
+        raise UsageError("--report-url needs --report-secret-file FILE (the shared secret)")
+    try:
+        secret = opts.report_secret_file.read_bytes().strip()
+    except OSError as exc:
+        path = str(opts.report_secret_file)
+        raise UsageError(f"cannot read --report-secret-file {path!r}: {exc.strerror}") from None
+    try:
+        wait = parse_duration(opts.report_wait)
+        config = ReportConfig(
+            url=opts.report_url,
+            secret=secret,
+            source=opts.report_source,
+            detail=opts.report_detail,  # type: ignore[arg-type]
+        )
+    except (ConfigError, ReportConfigError) as exc:
+        raise UsageError(str(exc).replace("report.", "--report-", 1)) from None
+    return config, wait
 
 
 # -- dry run -------------------------------------------------------------------------
 
 
-def dry_run(prep: Prepared, out: TextIO, *, as_json: bool) -> int:
-    """Render and validate every recipient; send nothing, write nothing."""
-    seen: set[str] = set()
-    report: dict[str, Any] = {"rows": 0, "valid": 0, "duplicates": 0, "rejected": [], "errors": []}
-    started = time.monotonic()
+def _dry_run_rows(prep: Prepared, report: dict[str, Any], seen: set[str]) -> None:
     for row in prep.source:
         report["rows"] += 1
         if isinstance(row, RejectedRow):
@@ -182,6 +309,17 @@ def dry_run(prep: Prepared, out: TextIO, *, as_json: bool) -> int:
             )
             continue
         report["valid"] += 1
+
+
+def dry_run(prep: Prepared, out: TextIO, *, as_json: bool) -> int:
+    """Render and validate every recipient; send nothing, write nothing."""
+    seen: set[str] = set()
+    report: dict[str, Any] = {"rows": 0, "valid": 0, "duplicates": 0, "rejected": [], "errors": []}
+    started = time.monotonic()
+    try:
+        _dry_run_rows(prep, report, seen)
+    except RecipientSourceError as exc:
+        raise UsageError(str(exc)) from None
     report["elapsed_seconds"] = round(time.monotonic() - started, 3)
     problems = len(report["rejected"]) + len(report["errors"])
     if as_json:
@@ -194,9 +332,9 @@ def dry_run(prep: Prepared, out: TextIO, *, as_json: bool) -> int:
             f"{len(report['rejected']):,} rows rejected, {len(report['errors']):,} render errors\n"
         )
         for item in report["rejected"][:20]:
-            out.write(f"  line {item['line']}: {item['reason']}\n")
+            out.write(f"  {prep.source.unit} {item['line']}: {item['reason']}\n")
         for item in report["errors"][:20]:
-            out.write(f"  line {item['line']} ({item['email']}): {item['error']}\n")
+            out.write(f"  {prep.source.unit} {item['line']} ({item['email']}): {item['error']}\n")
         if problems > 40:
             out.write(f"  ... and {problems - 40:,} more (use --json for the full list)\n")
         out.write("nothing was sent.\n")
@@ -214,7 +352,7 @@ def _open_campaign(ledger: Ledger, prep: Prepared, opts: SendOptions) -> Campaig
             prep.campaign_name,
             sender=prep.from_header,
             template_dir=template_ref,
-            source=str(opts.recipients.resolve()),
+            source=str(opts.recipients.resolve()) if opts.recipients else prep.source.description,
             settings={"rate": opts.rate, "relays": [r.name for r in prep.relays]},
         )
     if campaign.template_dir != template_ref or campaign.sender != prep.from_header:
@@ -231,7 +369,10 @@ def _open_campaign(ledger: Ledger, prep: Prepared, opts: SendOptions) -> Campaig
 def _import(
     ledger: Ledger, campaign: Campaign, prep: Prepared, err: TextIO, quiet: bool
 ) -> ImportReport | None:
-    fingerprint = file_fingerprint(prep.source.path)
+    try:
+        fingerprint = prep.source.fingerprint()
+    except RecipientSourceError as exc:
+        raise UsageError(str(exc)) from None
     if campaign.source_fingerprint == fingerprint:
         return None
     started = time.monotonic()
@@ -244,16 +385,19 @@ def _import(
             err.write(f"importing: {report.rows:,} rows read, {report.imported:,} new\n")
             err.flush()
 
-    report = import_rows(ledger, campaign.id, prep.source, progress=progress)
+    try:
+        report = import_rows(ledger, campaign.id, prep.source, progress=progress)
+    except RecipientSourceError as exc:  # e.g. the CRM connection lost mid-query
+        raise UsageError(f"{exc} (what was imported stays; run again to resume)") from None
     ledger.update_campaign(campaign.id, source_fingerprint=fingerprint)
     if not quiet:
         err.write(
-            f"imported {report.imported:,} recipients from {prep.source.path} "
+            f"imported {report.imported:,} recipients from {prep.source.description} "
             f"({report.rows:,} rows, {report.duplicates:,} duplicates dropped, "
             f"{report.rejected:,} rows rejected) in {time.monotonic() - started:.1f}s\n"
         )
         for row in report.rejected_samples[:20]:
-            err.write(f"  line {row.line}: {row.reason}\n")
+            err.write(f"  {prep.source.unit} {row.line}: {row.reason}\n")
         if report.rejected > 20:
             err.write(f"  ... and {report.rejected - 20:,} more rejected rows (see --json)\n")
     return report
@@ -262,11 +406,13 @@ def _import(
 async def _serve(
     runner: CampaignRunner,
     opts: SendOptions,
+    prep: Prepared,
     stats: CampaignStats,
     metrics: Metrics,
     err: TextIO,
     show_progress: bool,
-) -> tuple[RunResult | None, str | None]:
+    finalize: Callable[[str | None, bool], int],
+) -> tuple[RunResult | None, str | None, int]:
     """Run the campaign beside the signal watcher, HTTP endpoints and progress display."""
     health = HealthState()
     health.watch(
@@ -281,16 +427,18 @@ async def _serve(
     try:
         await runner.preflight()  # an unreachable relay is reported before the ledger changes
     except CampaignAborted as exc:
-        return None, str(exc)
+        return None, str(exc), await runner.ledger.run(finalize, str(exc), False)
     result: RunResult | None = None
     aborted: str | None = None
     display = ProgressDisplay(stats, err) if show_progress else None
-    async with trio.open_nursery() as nursery:
+    draining = False
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
 
         async def watch_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    if runner.stopping:
+                    if runner.stopping or draining:
                         err.write("\nsecond interrupt: stopping now\n")
                         nursery.cancel_scope.cancel()
                         return
@@ -302,27 +450,115 @@ async def _serve(
                     runner.stop()
 
         nursery.start_soon(watch_signals)
+        scheduler: ReportScheduler | None = None
+        if prep.report is not None:
+            client = await stack.enter_async_context(ReportClient(prep.report))
+            campaign_id = runner.campaign_id
+
+            def activity() -> list[CampaignActivity]:
+                counters = {k: v for k, v in stats.counts.items() if k != "active"}
+                return [CampaignActivity(stats.name, stats.rate * 60, counters, campaign_id)]
+
+            scheduler = ReportScheduler(
+                prep.report, LedgerOutbox(runner.ledger), client.post, activity
+            )
+            await nursery.start(scheduler.run)
+            runner.on_events = scheduler.notify
+        if scheduler is not None:
+            _observe_reporter(scheduler, metrics)
         if opts.http:
-            binds = await nursery.start(serve_http, OperatorApp(health, metrics), opts.http)
+            readiness = Readiness.for_ledger(metrics, opts.db)
+            if scheduler is not None:
+                reporter = scheduler
+                readiness.extra["reporter"] = lambda: (reporter.ready, reporter.readiness())
+            for relay in runner.settings.relays:
+                metrics.relays.register(relay.name)
+            metrics.watch_campaign(stats)
+            app = OperatorApp(health, metrics, readiness)
+            binds = await nursery.start(serve_http, app, opts.http)
             if not opts.json:
-                err.write(f"serving /healthz and /metrics on {', '.join(binds)}\n")
+                err.write(f"serving /healthz, /readyz and /metrics on {', '.join(binds)}\n")
+        display_scope = trio.CancelScope()
         if display is not None:
-            nursery.start_soon(display.run)
+
+            async def show(display: ProgressDisplay) -> None:
+                with display_scope:
+                    await display.run()
+
+            nursery.start_soon(show, display)
+        code = EXIT["interrupted"]
         try:
             result = await runner.run()
         except CampaignAborted as exc:
             aborted = str(exc)
         finally:
-            nursery.cancel_scope.cancel()
-    if display is not None:
-        display.finish()
+            display_scope.cancel()
+            if display is not None:
+                display.finish()
+            interrupted = (result is None and aborted is None) or runner.interrupted
+            with trio.CancelScope(shield=True):  # the ledger must say how this run ended
+                code = await runner.ledger.run(finalize, aborted, interrupted)
+        if scheduler is not None and not nursery.cancel_scope.cancel_called:
+            draining = True
+            scheduler.notify(urgent=True)
+            await _drain_reports(scheduler, prep.report_wait, err, quiet=opts.json)
+        nursery.cancel_scope.cancel()
     if result is None and aborted is None:
         runner.interrupted = True
-    return result, aborted
+    return result, aborted, code
+
+
+def _observe_reporter(scheduler: ReportScheduler, metrics: Metrics) -> None:
+    """The reporter's backlog, last success and breaker as gauges read at scrape time."""
+    metrics.reporter_backlog.set_function(lambda: scheduler.backlog.events)
+    metrics.reporter_last_success.set_function(lambda: scheduler.last_success_wall or 0.0)
+
+    def is_in(state: str) -> Callable[[], float]:
+        return lambda: 1.0 if scheduler.breaker.value == state else 0.0
+
+    for state in ("closed", "half-open", "open"):
+        metrics.reporter_breaker.labels(state).set_function(is_in(state))
+
+
+async def _drain_reports(
+    scheduler: ReportScheduler, wait: float, err: TextIO, *, quiet: bool
+) -> None:
+    """Give the reporter up to ``wait`` seconds to deliver what is left in the outbox."""
+    outbox = scheduler.outbox
+    backlog = (await outbox.backlog()).events
+    if backlog == 0 or wait <= 0:
+        return
+    if not quiet:
+        err.write(
+            f"reporting: delivering {backlog:,} event(s) to the main server (up to "
+            f"{format_duration(wait)}; Ctrl-C leaves them for the next run)\n"
+        )
+    with trio.move_on_after(wait):
+        while (await outbox.backlog()).events:  # noqa: ASYNC110 - polls the ledger, not memory
+            await trio.sleep(0.5)
+    left = (await outbox.backlog()).events
+    if left and not quiet:
+        err.write(
+            f"reporting: {left:,} event(s) not delivered yet ({scheduler.last_error or 'waiting'}"
+            "); they stay in the ledger's outbox for the next run\n"
+        )
+
+
+def _configure_logs(opts: SendOptions, prep: Prepared) -> None:
+    secrets = [r.password for r in prep.relays if r.password]
+    if prep.report is not None:
+        secrets.append(prep.report.secret.decode("utf-8", "replace"))
+    try:
+        configure_logging(
+            fmt=opts.log_format, level=opts.log_level, file=opts.log_file, secrets=secrets
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot open --log-file {str(opts.log_file)!r}: {exc.strerror}") from None
 
 
 def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     prep = prepare(opts)
+    _configure_logs(opts, prep)
     if opts.dry_run:
         return dry_run(prep, out, as_json=opts.json)
     try:
@@ -345,6 +581,10 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             wait_deferred=prep.wait_deferred,
             max_consecutive_failures=opts.max_consecutive_failures,
             local_hostname=opts.local_hostname,
+            event_states=_event_states(prep),
+            guard_bounce_rate=prep.guard[0],
+            guard_deferral_rate=prep.guard[1],
+            guard_window=opts.guard_window,
         )
         stats = CampaignStats(campaign.name)
         metrics = Metrics()
@@ -361,30 +601,76 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         show_progress = opts.progress if opts.progress is not None else err.isatty()
         if opts.json:
             show_progress = bool(opts.progress)
+        resumed = campaign.status != CampaignState.READY.value
         ledger.update_campaign(campaign.id, status=CampaignState.RUNNING.value)
-        result, aborted = trio.run(_serve, runner, opts, stats, metrics, err, show_progress)
-        counts = ledger.state_counts(campaign.id)
-        remaining = counts["pending"] + counts["deferred"] + counts["claimed"] + counts["sending"]
-        if aborted is not None:
-            code = EXIT["aborted"]
-            ledger.update_campaign(campaign.id, status=CampaignState.PAUSED.value, note=aborted)
-        elif runner.interrupted:
-            code = EXIT["interrupted"]
-            ledger.update_campaign(campaign.id, status=CampaignState.PAUSED.value)
-        elif remaining:
-            code = EXIT["attention"]
-            ledger.update_campaign(campaign.id, status=CampaignState.PAUSED.value)
-        else:
-            code = EXIT["attention"] if counts["uncertain"] else EXIT["ok"]
-            ledger.update_campaign(
-                campaign.id, status=CampaignState.FINISHED.value, finished_at=time.time()
+        if prep.report is not None:
+            kind = "campaign.resumed" if resumed else "campaign.started"
+            ledger.add_events([(campaign.id, None, kind, {})], now=time.time())
+
+        log.info(
+            "campaign %s: sending (%s)",
+            campaign.name,
+            "resumed" if resumed else "started",
+            extra={"event": "campaign.running", "campaign": campaign.name},
+        )
+
+        def finalize(aborted: str | None, interrupted: bool) -> int:
+            """The campaign's state after this run (and its lifecycle event when reporting)."""
+            counts = ledger.state_counts(campaign.id)
+            remaining = (
+                counts["pending"] + counts["deferred"] + counts["claimed"] + counts["sending"]
             )
+            final = CampaignState.PAUSED
+            if aborted is not None:
+                code, event = EXIT["aborted"], "campaign.failed"
+                ledger.update_campaign(campaign.id, status=final.value, note=aborted)
+            elif interrupted:
+                code, event = EXIT["interrupted"], "campaign.paused"
+                ledger.update_campaign(campaign.id, status=final.value)
+            elif remaining:
+                code, event = EXIT["attention"], "campaign.paused"
+                ledger.update_campaign(campaign.id, status=final.value)
+            else:
+                code = EXIT["attention"] if counts["uncertain"] else EXIT["ok"]
+                event = "campaign.finished"
+                ledger.update_campaign(
+                    campaign.id, status=CampaignState.FINISHED.value, finished_at=time.time()
+                )
+            log.log(
+                logging.ERROR if aborted else logging.INFO,
+                "campaign %s: %s%s",
+                campaign.name,
+                event.removeprefix("campaign."),
+                f" ({aborted})" if aborted else "",
+                extra={"event": event, "campaign": campaign.name},
+            )
+            if prep.report is not None:
+                data: dict[str, Any] = {"counts": counts}
+                if aborted:
+                    data["reason"] = aborted
+                ledger.add_events([(campaign.id, None, event, data)], now=time.time())
+            return code
+
+        result, aborted, code = trio.run(
+            _serve, runner, opts, prep, stats, metrics, err, show_progress, finalize
+        )
+        counts = ledger.state_counts(campaign.id)
         _summary(out, err, opts, ledger, campaign, counts, result, report, aborted, code)
         return code
     finally:
         if lock is not None:
             lock.release()
         ledger.dispose()
+
+
+def _event_states(prep: Prepared) -> frozenset[str]:
+    """Which recipient outcomes go to the outbox: failures only, unless every one is wanted."""
+    if prep.report is None:
+        return frozenset()
+    failures = {"deferred", "failed", "bounced", "uncertain", "suppressed"}
+    if prep.report.detail == "all":
+        failures.add("sent")
+    return frozenset(failures)
 
 
 def _summary(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from mailpacer.commands.send import UsageError
+from mailpacer.commands import UsageError
 from mailpacer.sink import SinkInfo, serve_sink
 
 __all__ = ["parse_listen", "run_sink"]

@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from mailpacer.commands.send import UsageError
+from mailpacer.commands import UsageError
 from mailpacer.engine.progress import format_duration
-from mailpacer.ledger.states import RecipientState
+from mailpacer.ledger.states import CampaignState, RecipientState
 from mailpacer.ledger.store import Campaign, Ledger
 
 __all__ = ["run_status"]
@@ -62,7 +62,8 @@ def run_status(
             counts = ledger.state_counts(campaign.id)
             total = sum(counts.values())
             todo = counts["pending"] + counts["claimed"] + counts["sending"] + counts["deferred"]
-            rate = _recent_rate(ledger, campaign) if todo else 0.0
+            running = campaign.status == CampaignState.RUNNING.value
+            rate = _recent_rate(ledger, campaign) if todo and running else 0.0
             document: dict[str, Any] = {
                 "campaign": campaign.name,
                 "status": campaign.status,

@@ -11,11 +11,14 @@ a message whose end-of-data dot was written but not answered becomes *uncertain*
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -28,6 +31,7 @@ from mailpacer.message.factory import MessageFactory, decode_variables
 from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.render import RenderError
 from mailpacer.metrics import Metrics
+from mailpacer.pacing.guard import ReputationGuard
 from mailpacer.pacing.limits import RateLimiter
 from mailpacer.pacing.policy import RetryPolicy, outcome_for
 from mailpacer.smtp.client import (
@@ -42,6 +46,9 @@ from mailpacer.smtp.client import (
     Timeouts,
 )
 from mailpacer.smtp.connect import open_relay
+from mailpacer.smtp.relays import RelayPool
+
+log = logging.getLogger("mailpacer.engine")
 
 __all__ = ["CampaignAborted", "CampaignRunner", "EngineSettings", "RunResult"]
 
@@ -66,6 +73,16 @@ class EngineSettings:
     wait_deferred: float = 300.0  # stay to retry deferred recipients due within this
     grace: float = 1.5
     connect_rounds: int = 3  # tries over all relays before giving up
+    breaker_threshold: int = 3  # consecutive failures that open a relay's breaker
+    breaker_cooldown: float = 30.0  # first open period; doubles on each re-open
+    max_relay_wait: float = 60.0  # wait this long for a breaker to half-open, else stop
+    # Reputation guard: pause when, among the last guard_window attempts, hard bounces or
+    # deferrals exceed these shares (0 turns a guard off).
+    guard_bounce_rate: float = 0.05
+    guard_deferral_rate: float = 0.30
+    guard_window: int = 500
+    # Recipient states written to the events outbox for the progress reporter (empty: none).
+    event_states: frozenset[str] = frozenset()
     max_consecutive_failures: int = 20  # 0 = never abort on failures
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -117,12 +134,34 @@ class CampaignRunner:
         self._outstanding = 0  # claimed by this run, outcome not yet recorded
         self._consecutive_failures = 0
         self._last_failure = ""
+        # Until one message of this run is accepted, hand out one message at a time: a relay
+        # that rejects everything then burns max_consecutive_failures recipients, not a
+        # whole pipeline's worth.
+        self.guard = (
+            ReputationGuard(
+                settings.guard_bounce_rate or 1.0,
+                settings.guard_deferral_rate or 1.0,
+                settings.guard_window,
+            )
+            if settings.guard_bounce_rate or settings.guard_deferral_rate
+            else None
+        )
+        self._event_emails: dict[int, str] = {}  # outcomes waiting for their outbox event
+        self.on_events: Callable[[], None] | None = None  # the reporter's wake-up
+        self._proven = False
+        self._settled = 0  # results (or releases) seen by _on_results/_release
+        self._result_arrived = trio.Event()
         self._abort: CampaignAborted | None = None
         self._feed_scope = trio.CancelScope()
         self._send_deadline_set = False
         self._send_scope = trio.CancelScope()
         self._spare: list[SMTPConnection] = []
-        self._relay_cursor = 0
+        self.relay_pool = RelayPool(
+            settings.relays,
+            threshold=settings.breaker_threshold,
+            cooldown=settings.breaker_cooldown,
+            on_change=self._relay_changed,
+        )
         self._label = stats.name
 
     # -- control -----------------------------------------------------------------
@@ -146,6 +185,7 @@ class CampaignRunner:
 
     def _release(self, messages: Sequence[OutboundMessage], why: str) -> None:
         now = time.time()
+        self._note_settled(len(messages))
         self._collect(
             [
                 Outcome(_claimed(m).id, R.PENDING, None, why, attempted=False, at=now)
@@ -171,37 +211,113 @@ class CampaignRunner:
             )
             if result.kind is not ResultKind.NOT_SENT:
                 observe(result.elapsed)
+        keep_sent = "sent" in self.settings.event_states or log.isEnabledFor(logging.DEBUG)
+        for result, outcome in zip(results, outcomes, strict=True):
+            if outcome.attempted and (keep_sent or outcome.state is not R.SENT):
+                self._event_emails[outcome.recipient_id] = result.message.recipient
         self._collect(outcomes)
+        self._count_failures(outcomes)
+        self._note_settled(len(outcomes))
 
-    async def _flush(self) -> None:
-        if not self._outcomes:
-            return
-        batch, self._outcomes = self._outcomes, []
-        await self.ledger.run(self.ledger.sync.record, batch)
-        self._account(batch)
+    def _note_settled(self, count: int) -> None:
+        self._settled += count
+        self._result_arrived.set()
 
-    def _account(self, batch: Sequence[Outcome]) -> None:
-        counter = self.metrics.messages
-        label = self._label
-        for outcome in batch:
-            state = outcome.state.value
-            self.stats.settled(state)
-            counter.labels(label, state if outcome.attempted else "released").inc()
+    def _count_failures(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
             if outcome.state is R.FAILED:
                 self._consecutive_failures += 1
                 self._last_failure = outcome.reply or ""
             elif outcome.state is R.SENT:
                 self._consecutive_failures = 0
-        self._outstanding -= len(batch)
+                self._proven = True
         limit = self.settings.max_consecutive_failures
         if limit and self._consecutive_failures >= limit and self._abort is None:
-            self._abort = CampaignAborted(
+            self._trip(
+                "consecutive_failures",
                 f"{self._consecutive_failures} recipients in a row failed permanently "
                 f"(last: {self._last_failure}); stopping so the rest of the list is not "
-                "burned. Fix the cause, then re-queue them with `mailpacer campaign retry "
-                "--failed` and run again."
+                "burned. Their replies are in the ledger (`mailpacer status --show failed`); "
+                "fix the cause, then run the same command again to send the rest.",
             )
-            self.stop()
+        if self.guard is not None:
+            trip = self.guard.observe(o.state for o in outcomes if o.attempted)
+            if trip is not None and self._abort is None:
+                self._trip(
+                    trip.guard,
+                    f"{trip}; the campaign is paused. Check the list and the replies "
+                    "(`mailpacer status --show bounced` / `--show deferred`), then run the "
+                    "same command again to continue.",
+                )
+
+    def _trip(self, guard: str, why: str) -> None:
+        log.error(why, extra={"event": f"guard.{guard}", "campaign": self._label})
+        self._abort = CampaignAborted(why)
+        self.metrics.guard_tripped.labels(self._label, guard).set(1)
+        self.stop()
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        events = self._events_for(batch)
+        if events:
+            await self.ledger.run(self.ledger.sync.record, batch, events)
+            if self.on_events is not None:
+                self.on_events()
+        else:
+            await self.ledger.run(self.ledger.sync.record, batch)
+        self._log_outcomes(batch)
+        self._account(batch)
+
+    def _log_outcomes(self, batch: Sequence[Outcome]) -> None:
+        """Every recipient that did not get its message (INFO), sent ones at DEBUG."""
+        emails = self._event_emails
+        debug = log.isEnabledFor(logging.DEBUG)
+        for o in batch:
+            email = emails.pop(o.recipient_id, None)
+            if o.state is R.PENDING or (o.state is R.SENT and not debug):
+                continue
+            log.log(
+                logging.DEBUG if o.state is R.SENT else logging.INFO,
+                "recipient %s: %s",
+                o.recipient_id,
+                o.state.value,
+                extra={
+                    "event": f"recipient.{o.state.value}",
+                    "campaign": self._label,
+                    "recipient_id": o.recipient_id,
+                    "email": email,
+                    "state": o.state.value,
+                    "code": o.code,
+                    "reply": o.reply,
+                },
+            )
+
+    def _events_for(self, batch: Sequence[Outcome]) -> list[EventItem]:
+        wanted = self.settings.event_states
+        if not wanted:
+            return []
+        emails = self._event_emails
+        return [
+            (
+                self.campaign_id,
+                o.recipient_id,
+                f"recipient.{o.state.value}",
+                {"email": emails.get(o.recipient_id), "code": o.code, "reply": o.reply},
+            )
+            for o in batch
+            if o.state.value in wanted
+        ]
+
+    def _account(self, batch: Sequence[Outcome]) -> None:
+        tally: Counter[tuple[str, bool]] = Counter(
+            (outcome.state.value, outcome.attempted) for outcome in batch
+        )
+        for (state, attempted), n in tally.items():
+            self.stats.settled(state, n)
+            self.metrics.messages.labels(self._label, state if attempted else "released").inc(n)
+        self._outstanding -= len(batch)
 
     async def _writer(self) -> None:
         while True:
@@ -273,11 +389,13 @@ class CampaignRunner:
                             row.id,
                             row.email,
                             decode_variables(row.variables) if wants_variables else {},
+                            source_row=row.source_row,
                         )
                     except (RenderError, HeaderInjectionError, ValueError) as exc:
                         failed.append(
                             Outcome(row.id, R.FAILED, None, f"message: {exc}", attempted=False)
                         )
+                        self._event_emails[row.id] = row.email
                         continue
                     message.tag = row
                     ready.append(message)
@@ -304,6 +422,8 @@ class CampaignRunner:
                 position = 0
                 while position < len(messages):
                     want = len(messages) - position
+                    if not self._proven:
+                        want = 1
                     if self.limiter is not None:
                         before = self.limiter.waited
                         want = await self.limiter.take(min(want, depth))
@@ -312,15 +432,25 @@ class CampaignRunner:
                     position += want
                     size = max(1, min(depth, math.ceil(len(pending) / workers)))
                     try:
-                        await ledger.run(
-                            ledger.sync.mark_sending,
-                            [_claimed(m).id for m in pending],
-                            self.owner,
-                            now=time.time(),
+                        handed = self._settled + len(pending)
+                        # Write-ahead for the whole slice in one transaction (one call per
+                        # connection batch cost more than the SMTP work at 32 connections): a
+                        # crash leaves uncertain at most this slice plus what is on the wire.
+                        ids = [_claimed(m).id for m in pending]
+                        marked = await ledger.run(
+                            ledger.sync.mark_sending, ids, self.owner, now=time.time()
                         )
+                        if marked < len(ids):  # paused/cancelled: hand nothing over
+                            self._release(pending, "campaign paused or cancelled")
+                            pending = []
+                            self.stop()
+                            self.interrupted = False  # exit 1, campaign left paused
                         while pending:
                             await conn_tx.send(pending[:size])
                             pending = pending[size:]
+                        while not self._proven and self._settled < handed:
+                            self._result_arrived = trio.Event()
+                            await self._result_arrived.wait()
                     except BaseException:
                         # Marked (or maybe marked) but never handed over: back to pending.
                         self._release(pending, "stopped before sending")
@@ -339,36 +469,82 @@ class CampaignRunner:
     # -- sending -------------------------------------------------------------------
 
     async def _connect(self, worker: int) -> SMTPConnection:
-        """A session on the first relay that works, starting from this worker's share."""
+        """A session on the relay the pool picks: priority failover, weights, breakers."""
         if self._spare:
             return self._spare.pop()
-        relays = self.settings.relays
+        pool = self.relay_pool
+        count = len(self.settings.relays)
+        limit = self.settings.connect_rounds * count
+        failures = 0
+        permanent: set[str] = set()
         errors: list[str] = []
-        for round_number in range(self.settings.connect_rounds):
-            permanent = 0
-            for offset in range(len(relays)):
-                relay = relays[(worker + offset) % len(relays)]
-                try:
-                    connection = await open_relay(
-                        relay,
-                        timeouts=self.settings.timeouts,
-                        local_hostname=self.settings.local_hostname,
-                    )
-                except SMTPAuthError as exc:
-                    raise CampaignAborted(str(exc)) from None
-                except SMTPConnectError as exc:
-                    self.metrics.connect_failures.labels(relay.name).inc()
-                    errors.append(str(exc))
-                    if not exc.transient:
-                        permanent += 1
-                    continue
-                self.metrics.connections.labels(relay.name).inc()
-                return connection
-            if permanent == len(relays) or round_number == self.settings.connect_rounds - 1:
-                break
-            await trio.sleep(min(2.0**round_number, 10.0) * random.uniform(0.8, 1.2))
-        last = errors[-1] if errors else "no relay configured"
+        while failures < limit:
+            relay = pool.choose()
+            if relay is None:
+                wait = pool.next_retry_in()
+                if wait > self.settings.max_relay_wait:
+                    break
+                await trio.sleep(wait)
+                continue
+            try:
+                connection = await open_relay(
+                    relay,
+                    timeouts=self.settings.timeouts,
+                    local_hostname=self.settings.local_hostname,
+                )
+            except SMTPAuthError as exc:
+                pool.failed(relay, str(exc))
+                raise CampaignAborted(str(exc)) from None
+            except SMTPConnectError as exc:
+                self.metrics.connect_failures.labels(relay.name).inc()
+                log.warning(
+                    "cannot connect to %s: %s",
+                    relay.name,
+                    exc,
+                    extra={"event": "relay.connect_failed", "relay": relay.name},
+                )
+                pool.failed(relay, str(exc))
+                errors.append(str(exc))
+                failures += 1
+                if not exc.transient:
+                    permanent.add(relay.name)
+                    if len(permanent) == count:
+                        break
+                if failures % count == 0 and failures < limit:
+                    round_number = failures // count - 1
+                    await trio.sleep(min(2.0**round_number, 10.0) * random.uniform(0.8, 1.2))
+                continue
+            connection.relay = relay  # its breaker is judged by the session's first outcome
+            self.metrics.connections.labels(relay.name).inc()
+            return connection
+        last = errors[-1] if errors else "every relay's circuit breaker is open"
         raise CampaignAborted(f"no relay could be reached ({last})")
+
+    def _relay_changed(self, name: str, state: str, detail: str | None) -> None:
+        self.metrics.relays.report(name, state, detail)
+        if state != "closed" or detail is not None:
+            level = logging.WARNING if state == "open" else logging.INFO
+            log.log(
+                level,
+                "relay %s: circuit breaker %s",
+                name,
+                state,
+                extra={"event": "relay.breaker", "relay": name, "state": state, "reply": detail},
+            )
+
+    def _judge_relay(
+        self, connection: SMTPConnection, results: Sequence[SendResult], lost: bool, why: str
+    ) -> None:
+        """A lost session counts against the relay's breaker; an accepted message for it."""
+        relay = connection.relay
+        if relay is None:
+            return
+        if lost:
+            self.relay_pool.failed(relay, why)
+        elif any(r.kind is ResultKind.SENT for r in results):
+            self.relay_pool.succeeded(relay)
+        else:
+            self.relay_pool.released(relay)
 
     async def _close(self, connection: SMTPConnection) -> None:
         self.metrics.connections.labels(connection.relay_name).dec()
@@ -391,14 +567,17 @@ class CampaignRunner:
                     connection = await self._connect(worker)
                 batch = Batch(remaining)
                 detail = "stopped before the relay answered"
+                lost = False
                 try:
                     await connection.send(batch)
                 except SMTPConnectionLost as exc:
                     detail = f"connection lost: {exc}"
+                    lost = True
                 finally:
                     results = batch.finish(detail)
                     remaining = [r.message for r in results if r.kind is ResultKind.NOT_SENT]
                     self._on_results([r for r in results if r.kind is not ResultKind.NOT_SENT])
+                self._judge_relay(connection, results, lost, detail)
                 if remaining:
                     retries += 1
                     if retries > 3:
@@ -504,6 +683,9 @@ class CampaignRunner:
             interrupted=self.interrupted,
             next_retry_at=next_due,
         )
+
+
+EventItem = tuple[int | None, int | None, str, dict[str, Any]]
 
 
 def _claimed(message: OutboundMessage) -> Claimed:

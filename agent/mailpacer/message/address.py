@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -32,6 +34,7 @@ class Address:
         return self.address.rpartition("@")[2]
 
 
+@functools.lru_cache(maxsize=4096)  # lists repeat a few domains: gmail.com...
 def _normalize_domain(domain: str) -> str:
     domain = domain.rstrip(".").lower()
     if not domain.isascii():
@@ -71,9 +74,13 @@ def parse_address(text: str) -> Address:
         raise InvalidAddress(f"{value[:80]!r}: invalid local part (dots?)")
     if smtputf8 and (local.startswith(".") or local.endswith(".") or ".." in local):
         raise InvalidAddress(f"{value[:80]!r}: invalid local part (dots?)")
+    if smtputf8 and any(unicodedata.category(c)[0] in "CZ" for c in local):
+        # controls, format characters (bidi, zero-width), separators (U+2028, NBSP...)
+        raise InvalidAddress(f"{value[:80]!r}: invisible or control character in local part")
     if _FORBIDDEN.search(domain):
         raise InvalidAddress(f"{value[:80]!r}: forbidden character in domain")
     normalized = f"{local}@{_normalize_domain(domain)}"
     if len(normalized.encode("utf-8")) > 254:
         raise InvalidAddress(f"{value[:80]!r}: address longer than 254 octets")
-    return Address(normalized, normalized.lower(), smtputf8)
+    key = unicodedata.normalize("NFC", normalized.lower()) if smtputf8 else normalized.lower()
+    return Address(normalized, key, smtputf8)

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailpacer.message.address import parse_address
+from mailpacer.message.dkim import DkimSigner
 from mailpacer.message.headers import format_mailbox
 from mailpacer.message.mime import MessageComposer
-from mailpacer.message.render import TemplateSet
+from mailpacer.message.render import RenderError, TemplateSet
 from mailpacer.smtp.client import OutboundMessage
 from mailpacer.smtp.protocol import dot_stuff, normalize_line_endings
 
@@ -24,7 +25,12 @@ class MessageFactory(Protocol):
     uses_variables: bool  # False: build() ignores the recipient's variables
 
     def build(
-        self, recipient_id: int, email: str, variables: dict[str, Any]
+        self,
+        recipient_id: int,
+        email: str,
+        variables: dict[str, Any],
+        *,
+        source_row: int | None = None,
     ) -> OutboundMessage: ...
 
 
@@ -41,7 +47,9 @@ class PersonalizedFactory:
         envelope_sender: str,
         campaign: str,
         name_column: str = "name",
+        signer: DkimSigner | None = None,
     ) -> None:
+        self.signer = signer
         self.templates = templates
         self.composer = composer
         self.envelope_sender = envelope_sender
@@ -49,15 +57,28 @@ class PersonalizedFactory:
         self.name_column = name_column
         self.has_unsubscribe = UNSUBSCRIBE in templates.extra
 
-    def build(self, recipient_id: int, email: str, variables: dict[str, Any]) -> OutboundMessage:
+    def build(
+        self,
+        recipient_id: int,
+        email: str,
+        variables: dict[str, Any],
+        *,
+        source_row: int | None = None,
+    ) -> OutboundMessage:
+        """Raises RenderError naming the template, the problem and the source row (if given)."""
         context = dict(variables)
         context["email"] = email
         context.setdefault("campaign", self.campaign)
         unsubscribe = None
-        if self.has_unsubscribe:
-            unsubscribe = self.templates.render_extra(UNSUBSCRIBE, context)
-            context[UNSUBSCRIBE] = unsubscribe
-        rendered = self.templates.render(context)
+        try:
+            if self.has_unsubscribe:
+                unsubscribe = self.templates.render_extra(UNSUBSCRIBE, context)
+                context[UNSUBSCRIBE] = unsubscribe
+            rendered = self.templates.render(context)
+        except RenderError as exc:
+            if source_row is None:
+                raise
+            raise RenderError(f"row {source_row} ({email}): {exc}") from None
         smtputf8 = not email.isascii()
         name = variables.get(self.name_column) or None
         data = self.composer.compose(
@@ -68,6 +89,8 @@ class PersonalizedFactory:
             message_id=self.composer.new_message_id(f"mp{recipient_id}"),
             list_unsubscribe=unsubscribe,
         )
+        if self.signer is not None:
+            data = self.signer.sign(data)
         return OutboundMessage(
             sender=self.envelope_sender,
             recipient=email,
@@ -88,7 +111,9 @@ class StaticFactory:
 
     uses_variables = False
 
-    def __init__(self, path: Path, *, envelope_sender: str) -> None:
+    def __init__(
+        self, path: Path, *, envelope_sender: str, signer: DkimSigner | None = None
+    ) -> None:
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -96,12 +121,21 @@ class StaticFactory:
         if b"\n\n" not in raw.replace(b"\r\n", b"\n"):
             raise StaticMessageError(f"{path}: no blank line between headers and body")
         data = normalize_line_endings(raw)
+        if signer is not None:  # the same bytes for everyone: signed once
+            data = signer.sign(data)
         self.payload = dot_stuff(data)
         self.size = len(data)
         self.eight_bit = any(b > 127 for b in data)
         self.envelope_sender = envelope_sender
 
-    def build(self, recipient_id: int, email: str, variables: dict[str, Any]) -> OutboundMessage:
+    def build(
+        self,
+        recipient_id: int,
+        email: str,
+        variables: dict[str, Any],
+        *,
+        source_row: int | None = None,
+    ) -> OutboundMessage:
         return OutboundMessage(
             sender=self.envelope_sender,
             recipient=email,

@@ -1,12 +1,16 @@
 """Header values that recipient data can never break out of.
 
 Any CR, LF or NUL in a header value is refused (never stripped: a silently altered
-value could hide an injection attempt). Non-ASCII text becomes RFC 2047 encoded words.
+value could hide an injection attempt), and so is every other character that Unicode-aware
+tools treat as a line break (VT, FF, FS/GS/RS, NEL, U+2028, U+2029: ``str.splitlines``).
+Non-ASCII text becomes RFC 2047 encoded words, as does unstructured ASCII text that could not
+otherwise be folded to 78 characters or that looks like an encoded word itself.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 
 __all__ = [
     "HeaderInjectionError",
@@ -21,23 +25,31 @@ _WORD_BYTES = 45
 _FOLD_AT = 78
 
 
+# "=?utf-8?b?" + "?=": the 12 characters an encoded word adds to its base64 text.
+_WORD_OVERHEAD = 12
+_LINE_BREAKS = re.compile("[\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
 class HeaderInjectionError(ValueError):
     """A value meant for a header contains a line break or NUL."""
 
 
 def check_header_value(value: str, what: str) -> None:
-    if "\r" in value or "\n" in value or "\x00" in value:
+    if _LINE_BREAKS.search(value):
         raise HeaderInjectionError(f"{what} contains a line break or NUL; refused: {value[:60]!r}")
 
 
-def _encoded_words(text: str) -> list[str]:
+def _encoded_words(text: str, first_line_room: int = _FOLD_AT) -> list[str]:
+    """Encoded words of at most 75 characters, the first one fitting ``first_line_room``."""
     words: list[str] = []
     chunk = bytearray()
+    limit = max(3, (first_line_room - _WORD_OVERHEAD) // 4 * 3)
     for char in text:
         encoded = char.encode("utf-8")
-        if len(chunk) + len(encoded) > _WORD_BYTES:
+        if chunk and len(chunk) + len(encoded) > min(limit, _WORD_BYTES):
             words.append("=?utf-8?b?" + base64.b64encode(chunk).decode("ascii") + "?=")
             chunk = bytearray()
+            limit = _WORD_BYTES
         chunk += encoded
     if chunk or not words:
         words.append("=?utf-8?b?" + base64.b64encode(chunk).decode("ascii") + "?=")
@@ -61,15 +73,24 @@ def _fold_ascii(text: str, first_line_room: int) -> str:
     return "\r\n ".join(lines)
 
 
-def encode_text_header(name: str, value: str) -> str:
-    """``Name: value`` (without the final CRLF), safe for the wire and folded when long."""
+def encode_text_header(name: str, value: str, *, structured: bool = False) -> str:
+    """``Name: value`` (without the final CRLF), safe for the wire and folded when long.
+
+    ``structured`` (address headers, already encoded by :func:`format_mailbox`, raw UTF-8
+    only for SMTPUTF8): only ever folded at spaces, never encoded. Unstructured text (such
+    as Subject) is encoded when not ASCII, when it cannot be folded to 78 characters, or
+    when it would be mistaken for encoded words.
+    """
     check_header_value(value, f"{name} header")
-    room = _FOLD_AT - len(name) - 2
-    if value.isascii():
-        if len(value) <= room or " " not in value:
-            return f"{name}: {value}"
-        return f"{name}: {_fold_ascii(value, room)}"
-    return f"{name}: " + "\r\n ".join(_encoded_words(value))
+    prefix = f"{name}: "
+    room = _FOLD_AT - len(prefix)
+    if structured or (value.isascii() and "=?" not in value):
+        if len(value) <= room:
+            return prefix + value
+        folded = prefix + (_fold_ascii(value, room) if " " in value else value)
+        if structured or all(len(line) <= _FOLD_AT for line in folded.split("\r\n")):
+            return folded
+    return prefix + "\r\n ".join(_encoded_words(value, room))
 
 
 _SPECIALS = frozenset('()<>[]:;@\\,."')
@@ -84,7 +105,7 @@ def format_mailbox(display_name: str | None, address: str) -> str:
     if not display_name:
         return address
     check_header_value(display_name, "display name")
-    if display_name.isascii() or not address.isascii():
+    if (display_name.isascii() and "=?" not in display_name) or not address.isascii():
         if any(c in _SPECIALS for c in display_name) or display_name != display_name.strip():
             quoted = display_name.replace("\\", "\\\\").replace('"', '\\"')
             return f'"{quoted}" <{address}>'

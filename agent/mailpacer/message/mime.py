@@ -48,7 +48,7 @@ class MessageComposer:
         self.message_id_domain = message_id_domain
         # "=_" can never occur in quoted-printable output, so the boundary is always safe.
         self.boundary = "=_mp_" + secrets.token_hex(12)
-        fixed = [encode_text_header("From", from_header), "MIME-Version: 1.0"]
+        fixed = [encode_text_header("From", from_header, structured=True), "MIME-Version: 1.0"]
         for name, value in (extra_headers or {}).items():
             fixed.append(encode_text_header(name, value))
         self._fixed = ("\r\n".join(fixed) + "\r\n").encode("utf-8")
@@ -60,12 +60,14 @@ class MessageComposer:
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
+        # Each part's body ends with CRLF; the CRLF before a delimiter belongs to the
+        # delimiter (RFC 2046 5.1.1), so one more keeps the body's last line break.
         self._part_html = (
-            f"--{self.boundary}\r\n"
+            f"\r\n--{self.boundary}\r\n"
             'Content-Type: text/html; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
-        self._close = f"--{self.boundary}--\r\n".encode("ascii")
+        self._close = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self._date_second = -1
         self._date = b""
 
@@ -98,7 +100,7 @@ class MessageComposer:
         headers = [
             self._fixed,
             self._date_header(),
-            encode_text_header("To", to_header).encode("utf-8"),
+            encode_text_header("To", to_header, structured=True).encode("utf-8"),
             b"\r\n",
             encode_text_header("Subject", subject).encode("utf-8"),
             b"\r\nMessage-ID: ",

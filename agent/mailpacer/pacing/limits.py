@@ -44,11 +44,17 @@ class RateLimiter:
     async def take(self, want: int = 1) -> int:
         """Wait until at least one message may be sent; return how many (1..want) may go."""
         wait = self.delay()
-        if wait > 0:
-            self.waited += wait
-            await trio.sleep(wait)
-        else:
+        if wait <= 0:
             await trio.lowlevel.checkpoint()
+            wait = self.delay()  # another task may have taken the slot meanwhile
+        while wait > 0:
+            started = trio.current_time()
+            try:
+                await trio.sleep(wait)
+            finally:  # cancelled: only the time actually spent waiting counts
+                self.waited += trio.current_time() - started
+            wait = self.delay()
+        # no checkpoint between the last delay() and the grant: no other task can interleave
         now = trio.current_time()
         granted = max(1, self._grantable(now, want))
         start = now if self._tat is None or self._tat < now else self._tat

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from mailpacer.config import RelayConfig
 from mailpacer.smtp.protocol import (
     Extensions,
     Reply,
@@ -234,6 +235,7 @@ class SMTPConnection:
         self.broken = False
         self.messages_sent = 0
         self.relay_name = ""  # set by open_relay: safe for logs and metric labels
+        self.relay: RelayConfig | None = None  # set by the engine: for its relay pool
         self.max_messages = 0  # set by open_relay: 0 = no limit per connection
         self._parser = ReplyParser()
         self._receive_size = receive_size
@@ -451,7 +453,7 @@ class SMTPConnection:
         """
         if self.broken:
             raise SMTPConnectionLost("connection is closed")
-        with trio.CancelScope() as scope:
+        with trio.CancelScope(deadline=trio.current_time() + 1.5 * self._batch_timeout) as scope:
             self._step_scope = scope
             try:
                 if self.extensions.pipelining:

@@ -59,7 +59,7 @@ async def open_relay(
             f"{relay.name}: no TCP connection within {timeouts.connect:g}s"
         ) from None
     except OSError as exc:
-        raise SMTPConnectError(f"{relay.name}: cannot connect: {exc.strerror or exc}") from exc
+        raise SMTPConnectError(f"{relay.name}: cannot connect: {_connect_failure(exc)}") from exc
     if relay.tls == "implicit":
         assert context is not None
         tls_stream = trio.SSLStream(stream, context, server_hostname=relay.host)
@@ -102,3 +102,21 @@ async def open_relay(
         await trio.aclose_forcefully(connection.stream)
         raise
     return connection
+
+
+def _connect_failure(exc: OSError) -> str:
+    """The operating system's reasons ("Connection refused"), not trio's wrapper text.
+
+    ``trio.open_tcp_stream`` tries every address and raises "all attempts ... failed" with
+    the individual errors as its cause; an operator needs those.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = []
+        for error in cause.exceptions:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            if reason not in reasons:
+                reasons.append(reason)
+        if reasons:
+            return "; ".join(reasons)
+    return exc.strerror or str(exc)

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from mailpacer.message.address import Address, InvalidAddress, parse_address
+from mailpacer.sources.rows import (
+    MAX_ROW_BYTES,
+    RecipientSourceError,
+    RejectedRow,
+    RowChecker,
+    SourceRow,
+    check_columns,
+)
 
 __all__ = [
     "CsvRecipients",
@@ -25,25 +32,8 @@ __all__ = [
     "file_fingerprint",
 ]
 
-MAX_LINE = 64 * 1024
+MAX_LINE = MAX_ROW_BYTES
 csv.field_size_limit(MAX_LINE)
-
-
-class RecipientSourceError(Exception):
-    """The source as a whole is unusable (missing file, no header, no email column)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    line: int
-    address: Address
-    variables: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRow:
-    line: int
-    reason: str
 
 
 def file_fingerprint(path: Path) -> str:
@@ -87,8 +77,11 @@ class _LineReader:
 class CsvRecipients:
     """Iterate a CSV file's rows as :class:`SourceRow` or :class:`RejectedRow`."""
 
+    unit = "line"
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.description = str(path)
         if not path.exists():
             raise RecipientSourceError(f"recipient file {str(path)!r} does not exist")
         if not path.is_file():
@@ -101,6 +94,9 @@ class CsvRecipients:
                 f"cannot read recipient file {str(path)!r}: {exc.strerror or exc}"
             ) from None
         self.columns = self._read_header()
+
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.path)
 
     def _open(self) -> IO[str]:
         # surrogateescape: invalid UTF-8 reaches us as lone surrogates and is reported per
@@ -120,31 +116,12 @@ class CsvRecipients:
                 f"{self.path}: empty file or no header row (the first line must name the "
                 "columns, one of them 'email')"
             )
-        columns = [h.strip() for h in header]
-        for position, name in enumerate(columns, 1):
-            if not name:
-                raise RecipientSourceError(f"{self.path}: column {position} has no name")
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise RecipientSourceError(f"{self.path}: header is not valid UTF-8") from None
-        lowered = [c.lower() for c in columns]
-        duplicates = sorted({c for c in lowered if lowered.count(c) > 1})
-        if duplicates:
-            raise RecipientSourceError(
-                f"{self.path}: duplicate column name(s) in header: {', '.join(duplicates)}"
-            )
-        if "email" not in lowered:
-            raise RecipientSourceError(
-                f"{self.path}: no 'email' column in the header (found: {', '.join(columns)})"
-            )
-        columns[lowered.index("email")] = "email"
-        return columns
+        return check_columns(header, str(self.path), "the header")
 
     def __iter__(self) -> Iterator[SourceRow | RejectedRow]:
         columns = self.columns
         width = len(columns)
-        email_index = columns.index("email")
+        check = RowChecker(columns).check
         with self._open() as handle:
             lines = _LineReader(handle)
             reader = csv.reader(lines)
@@ -169,19 +146,7 @@ class CsvRecipients:
                 if len(row) != width:
                     yield RejectedRow(start_line, f"{len(row)} fields where the header has {width}")
                     continue
-                try:
-                    "\x1f".join(row).encode("utf-8")
-                except UnicodeEncodeError:
-                    yield RejectedRow(start_line, "invalid UTF-8")
-                    continue
-                try:
-                    address = parse_address(row[email_index])
-                except InvalidAddress as exc:
-                    yield RejectedRow(start_line, f"invalid address: {exc}")
-                    continue
-                variables = dict(zip(columns, row, strict=True))
-                variables["email"] = address.address
-                yield SourceRow(start_line, address, variables)
+                yield check(start_line, row)
             if lines.rejected:
                 yield from lines.rejected
                 lines.rejected.clear()
