@@ -44,8 +44,13 @@ def outcome_for(
     first_attempt_at: float | None,
     now: float,
     policy: RetryPolicy,
+    retry_after: float | None = None,
 ) -> Outcome:
-    """Map one SMTP result to the recipient's next state."""
+    """Map one SMTP result to the recipient's next state.
+
+    ``retry_after``: seconds a server asked us to wait ("try again in 30 seconds", see
+    ``pacing.feedback.classify_reply``); a deferral is then retried no earlier than that.
+    """
     code = result.reply.code if result.reply is not None else None
     kind = result.kind
     if kind is ResultKind.SENT:
@@ -66,7 +71,7 @@ def outcome_for(
     if now - started >= policy.max_age:
         text = f"{describe(result)} [gave up: still failing after {policy.max_age:g}s]"
         return Outcome(recipient_id, RecipientState.FAILED, code, text, at=now)
-    retry_at = now + policy.delay(attempts + 1)
+    retry_at = now + max(policy.delay(attempts + 1), retry_after or 0.0)
     return Outcome(
         recipient_id,
         RecipientState.DEFERRED,
