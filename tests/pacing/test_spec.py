@@ -143,3 +143,17 @@ def test_a_campaign_spec_from_settings_json() -> None:
     assert spec.timezone == ZoneInfo("America/New_York")
     with pytest.raises(ConfigError, match=r"^campaign 'news'\.rate: "):
         parse_limit({"rate": "fast"}, "campaign 'news'")
+
+
+def test_the_example_in_the_docs_parses() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "pacing.md").read_text()
+    match = re.search(r"```toml\n(.*?)```", doc, re.DOTALL)
+    assert match is not None
+    config = parse_pacing(tomllib.loads(match.group(1))["pacing"])
+    assert config.campaign is not None
+    assert len(config.campaign.windows) == 3
+    assert config.domain_groups.group_for("eu.acme.example") == "acme"
