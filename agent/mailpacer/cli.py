@@ -264,6 +264,30 @@ def _add_campaign(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         return a
 
     action("list", "campaigns with their status and per-state counts", named=False)
+    create = action(
+        "create",
+        "queue a campaign for the agents (`mailpacer run`): check the template and sender, "
+        "import the recipients, then release it (held while importing)",
+    )
+    what = create.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", type=Path, metavar="DIR", help="subject.j2, body.txt.j2...")
+    what.add_argument("--message", type=Path, metavar="FILE.eml", help="a prepared message")
+    create.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipients", type=Path, metavar="FILE.csv", help="CSV with 'email'")
+    source.add_argument("--recipients-sql", metavar="URL", help="CRM database (with --query)")
+    create.add_argument("--query", metavar="SQL", help="with --recipients-sql: one SELECT")
+    create.add_argument("--rate", metavar="N/UNIT", help="pace, e.g. 300/min (default: unpaced)")
+    create.add_argument("--burst", type=int, default=1, help="back-to-back messages (default 1)")
+    create.add_argument("--unsubscribe-url", metavar="TEMPLATE", help="adds List-Unsubscribe")
+    create.add_argument("--dkim-key", type=Path, metavar="FILE", help="RSA private key (PEM)")
+    create.add_argument("--dkim-selector", metavar="NAME")
+    create.add_argument("--dkim-domain", metavar="DOMAIN", help="default: the --from domain")
+    create.add_argument("--guard-bounce-rate", default="5%", metavar="SHARE")
+    create.add_argument("--guard-deferral-rate", default="30%", metavar="SHARE")
+    create.add_argument(
+        "--paused", action="store_true", help="keep it held until `campaign resume NAME`"
+    )
     action("show", "one campaign: status, counts, sender, template, next retry")
     action(
         "pause",
@@ -356,6 +380,12 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "of the data directory and the scratch tmpfs. Exit 0 when all pass, 1 when any fails. "
         "Passwords are never printed.",
     )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="check what this agent configuration uses (its database, relays, directories)",
+    )
     p.add_argument("--db", dest="dbs", action="append", default=[], metavar="URL", help=DB_HELP)
     p.add_argument(
         "--relay", dest="relays", action="append", default=[], metavar="URL", help="repeatable"
@@ -367,6 +397,28 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="per step (default 10)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the long-running agent: send the ledger's queued campaigns (systemd service)",
+        description="Poll the ledger (every 15-20 s) for campaigns queued with `mailpacer "
+        "campaign create` and send them, several at once, until SIGTERM. Serves /healthz, "
+        "/readyz and /metrics; supports systemd's Type=notify and watchdog. "
+        "See docs/configuration.md.",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="agent configuration")
+    p.add_argument("--db", metavar="URL", help="ledger database (overrides [agent].db)")
+    p.add_argument(
+        "--relay",
+        dest="relays",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="outbound relay (repeatable; replaces the [[relay]] tables)",
+    )
+    p.add_argument("--http", metavar="HOST:PORT", help="serve the endpoints here ('' = not at all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_receiver(sub)
     _add_campaign(sub)
     _add_doctor(sub)
+    _add_run(sub)
     return parser
 
 
@@ -440,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
                     report_wait=args.report_wait,
                 )
             )
+        if args.command == "run":
+            from mailpacer.commands.run import RunOptions, run_agent
+
+            return run_agent(
+                RunOptions(
+                    config=args.config, db=args.db, relays=tuple(args.relays), http=args.http
+                )
+            )
         if args.command == "sink":
             from mailpacer.commands.sink import run_sink
 
@@ -465,6 +526,31 @@ def main(argv: list[str] | None = None) -> int:
             from mailpacer.commands.db import run_db_upgrade
 
             return run_db_upgrade(args.db, as_json=args.json)
+        if args.command == "campaign" and args.action == "create":
+            from mailpacer.commands.campaign_create import CreateOptions, run_create
+
+            return run_create(
+                CreateOptions(
+                    db=args.db,
+                    name=args.name,
+                    sender=args.sender,
+                    template=args.template,
+                    message=args.message,
+                    recipients=args.recipients,
+                    recipients_sql=args.recipients_sql,
+                    query=args.query,
+                    rate=args.rate,
+                    burst=args.burst,
+                    unsubscribe_url=args.unsubscribe_url,
+                    dkim_key=args.dkim_key,
+                    dkim_selector=args.dkim_selector,
+                    dkim_domain=args.dkim_domain,
+                    guard_bounce_rate=args.guard_bounce_rate,
+                    guard_deferral_rate=args.guard_deferral_rate,
+                    paused=args.paused,
+                    as_json=args.json,
+                )
+            )
         if args.command == "campaign":
             from mailpacer.commands.campaign import CampaignOptions, run_campaign
 
@@ -503,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                     tuning_json=args.tuning_json,
                     scratch=args.scratch,
                     timeout=args.timeout,
+                    config=args.config,
                 )
             )
     except UsageError as exc:

@@ -307,3 +307,7 @@ class Metrics:
         """Export the ledger backlog of a running campaign from its in-memory counts."""
         if stats not in self.campaigns:
             self.campaigns.append(stats)
+
+    def forget_campaign(self, stats: CampaignProgress) -> None:
+        """A campaign this agent no longer sends (its series stop being exported)."""
+        self.campaigns = [s for s in self.campaigns if s is not stats]

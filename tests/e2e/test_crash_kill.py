@@ -84,10 +84,13 @@ def delivered(store: Path) -> Counter[str]:
     if not store.is_dir():
         return found
     for entry in os.scandir(store):
-        if not entry.name.endswith(".eml"):
+        if not entry.name.endswith(".eml") or entry.name.startswith("."):
+            continue  # dot-files are still being written (the sink renames them when done)
+        try:
+            with open(entry.path, "rb") as f:
+                head = f.read(512).decode("utf-8", "replace")
+        except FileNotFoundError:
             continue
-        with open(entry.path, "rb") as f:
-            head = f.read(512).decode("utf-8", "replace")
         for line in head.split("\r\n"):
             if line.startswith("Delivered-To: "):
                 found[line[len("Delivered-To: ") :]] += 1

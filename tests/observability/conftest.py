@@ -93,6 +93,28 @@ class PrivateMariaDB:
     process: subprocess.Popen[bytes]
     port: int
     root: Path
+    command: list[str] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL the server: clients see connections refused until ``start``."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def start(self) -> None:
+        """Start the server again on the same datadir and port (InnoDB recovers)."""
+        assert self.command is not None
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        port = self.port
+
+        def up() -> bool:
+            import pymysql
+
+            pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=1).close()
+            return True
+
+        wait_until(up, 60, "restarted mariadbd")
 
     @property
     def server_url(self) -> str:
@@ -136,13 +158,14 @@ def private_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Privat
         pytest.fail(f"mariadb-install-db failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     port = free_port()
     log = root / "error.log"
-    process = subprocess.Popen(
-        [server, "--no-defaults", f"--datadir={datadir}", f"--socket={root / 'sock'}",
-         f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}",
-         f"--log-error={log}", "--skip-name-resolve", "--skip-log-bin",
-         "--innodb-buffer-pool-size=64M", *user],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    command = [
+        server, "--no-defaults", f"--datadir={datadir}", f"--socket={root / 'sock'}",
+        f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}",
+        f"--log-error={log}", "--skip-name-resolve", "--skip-log-bin",
+        "--innodb-buffer-pool-size=64M", *user,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    handle = PrivateMariaDB(process, port, root, command)
     try:
 
         def up() -> bool:
@@ -154,9 +177,9 @@ def private_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Privat
             return True
 
         wait_until(up, 60, "private mariadbd")
-        yield PrivateMariaDB(process, port, root)
+        yield handle
     finally:
-        stop(process, timeout=30)
+        stop(handle.process, timeout=30)
 
 
 # --------------------------------------------------------------------------- sink + sender

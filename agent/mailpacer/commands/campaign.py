@@ -34,14 +34,15 @@ class CampaignOptions:
     emails: Sequence[str] | None = None
 
 
-def _open(db: str) -> Any:
+def open_ledger(db: str, *, create: bool = False) -> Any:
+    """The ledger at ``db``, checked and upgraded; UsageError with the reason otherwise."""
     from mailpacer.ledger.store import Ledger, LedgerError
 
     try:
         ledger = Ledger(db)
     except LedgerError as exc:
         raise UsageError(str(exc)) from None
-    if ledger.sqlite_path is not None and not ledger.sqlite_path.exists():
+    if not create and ledger.sqlite_path is not None and not ledger.sqlite_path.exists():
         raise UsageError(f"no ledger at {ledger.sqlite_path} (give --db URL)")
     try:
         ledger.check()
@@ -76,7 +77,7 @@ def _line(d: dict[str, Any]) -> str:
 
 
 def run_campaign(opts: CampaignOptions, out: TextIO = sys.stdout) -> int:
-    ledger = _open(opts.db)
+    ledger = open_ledger(opts.db)
     try:
         return _dispatch(ledger, opts, out)
     finally:

@@ -48,6 +48,7 @@ class DoctorOptions:
     tuning_json: Path | None = None
     scratch: Path | None = None
     timeout: float = 10.0
+    config: Path | None = None  # the agent's TOML: its database, relays, data and scratch dirs
 
 
 @dataclass
@@ -321,6 +322,19 @@ def _table(checks: list[Check], out: TextIO) -> None:
 def run_doctor(opts: DoctorOptions, out: TextIO = sys.stdout) -> int:
     try:
         relays = [parse_relay_url(url) for url in opts.relays]
+        if opts.config is not None:
+            from dataclasses import replace
+
+            from mailpacer.agentconfig import load_agent_config
+
+            agent = load_agent_config(opts.config)
+            relays = list(agent.relays) + relays
+            opts = replace(
+                opts,
+                dbs=[agent.db, *opts.dbs],
+                data_dir=opts.data_dir or agent.data_dir,
+                scratch=opts.scratch or agent.scratch_dir,
+            )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if opts.timeout <= 0:

@@ -18,12 +18,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, TextIO
 
 import trio
 
+from mailpacer.campaign_spec import CampaignSpecError, load_dkim, parse_sender
 from mailpacer.commands import EXIT, UsageError
 from mailpacer.config import (
     ConfigError,
@@ -45,10 +45,9 @@ from mailpacer.ledger.states import CampaignState
 from mailpacer.ledger.store import Campaign, Ledger, LedgerError
 from mailpacer.ledger.threaded import AsyncLedger
 from mailpacer.logs import configure_logging
-from mailpacer.message.address import InvalidAddress, parse_address
-from mailpacer.message.dkim import DkimError, DkimSigner, load_signer
+from mailpacer.message.dkim import DkimSigner
 from mailpacer.message.factory import MessageFactory, PersonalizedFactory, StaticFactory
-from mailpacer.message.headers import HeaderInjectionError, format_mailbox
+from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.mime import MessageComposer
 from mailpacer.message.render import RenderError, TemplateSet
 from mailpacer.metrics import Metrics
@@ -123,18 +122,10 @@ class Prepared:
 
 
 def _parse_sender(text: str) -> tuple[str, str]:
-    name, address = parseaddr(text)
-    if not address:
-        raise UsageError(f"--from {text!r}: expected an address, e.g. 'News <news@example.com>'")
     try:
-        parsed = parse_address(address)
-    except InvalidAddress as exc:
-        raise UsageError(f"--from {text!r}: {exc}") from None
-    try:
-        header = format_mailbox(name or None, parsed.address)
-    except HeaderInjectionError as exc:
-        raise UsageError(f"--from: {exc}") from None
-    return parsed.address, header
+        return parse_sender(text)
+    except CampaignSpecError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _open_source(opts: SendOptions) -> RecipientSource:
@@ -163,28 +154,15 @@ def _source_stem(opts: SendOptions) -> str:
 
 
 def _load_dkim(opts: SendOptions, envelope_sender: str) -> DkimSigner | None:
-    given = [opts.dkim_key, opts.dkim_selector, opts.dkim_domain, opts.dkim_dns_record]
-    if opts.dkim_key is None and opts.dkim_selector is None:
-        if any(v is not None for v in given):
-            raise UsageError("DKIM needs --dkim-key FILE and --dkim-selector NAME")
-        return None
-    if opts.dkim_key is None or opts.dkim_selector is None:
-        raise UsageError("DKIM needs both --dkim-key FILE and --dkim-selector NAME")
-    record = None
-    if opts.dkim_dns_record is not None:
-        try:
-            record = opts.dkim_dns_record.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            path = str(opts.dkim_dns_record)
-            raise UsageError(f"cannot read --dkim-dns-record {path!r}: {exc}") from None
     try:
-        return load_signer(
-            domain=opts.dkim_domain or envelope_sender.rpartition("@")[2],
+        return load_dkim(
+            key=opts.dkim_key,
             selector=opts.dkim_selector,
-            key_file=opts.dkim_key,
-            dns_record=record,
+            domain=opts.dkim_domain,
+            envelope_sender=envelope_sender,
+            dns_record=opts.dkim_dns_record,
         )
-    except DkimError as exc:
+    except CampaignSpecError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -417,7 +395,7 @@ async def _serve(
     health = HealthState()
     health.watch(
         "sender",
-        lambda: runner.heartbeat,
+        lambda: runner.alive_at,
         lambda: {
             "campaign": stats.name,
             "remaining": stats.remaining,
@@ -465,7 +443,7 @@ async def _serve(
             await nursery.start(scheduler.run)
             runner.on_events = scheduler.notify
         if scheduler is not None:
-            _observe_reporter(scheduler, metrics)
+            observe_reporter(scheduler, metrics)
         if opts.http:
             readiness = Readiness.for_ledger(metrics, opts.db)
             if scheduler is not None:
@@ -508,7 +486,7 @@ async def _serve(
     return result, aborted, code
 
 
-def _observe_reporter(scheduler: ReportScheduler, metrics: Metrics) -> None:
+def observe_reporter(scheduler: ReportScheduler, metrics: Metrics) -> None:
     """The reporter's backlog, last success and breaker as gauges read at scrape time."""
     metrics.reporter_backlog.set_function(lambda: scheduler.backlog.events)
     metrics.reporter_last_success.set_function(lambda: scheduler.last_success_wall or 0.0)

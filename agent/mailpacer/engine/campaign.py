@@ -56,7 +56,15 @@ R = RecipientState
 
 
 class CampaignAborted(Exception):
-    """The run cannot go on (no relay reachable, credentials refused, every message failing)."""
+    """The run cannot go on (no relay reachable, credentials refused, every message failing).
+
+    ``hold``: an operator must act first (credentials, a tripped guard); otherwise (relays
+    unreachable) trying again later may succeed by itself.
+    """
+
+    def __init__(self, message: str, *, hold: bool = True) -> None:
+        super().__init__(message)
+        self.hold = hold
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class EngineSettings:
     lease_seconds: float = 600.0
     flush_interval: float = 0.2
     flush_size: int = 500
+    max_held_outcomes: int = 5000  # while the ledger is away; then nothing new is sent
     wait_deferred: float = 300.0  # stay to retry deferred recipients due within this
     grace: float = 1.5
     connect_rounds: int = 3  # tries over all relays before giving up
@@ -130,6 +139,7 @@ class CampaignRunner:
         self.interrupted = False
         self._outcomes: list[Outcome] = []
         self._flush_wanted = trio.Event()
+        self._room = trio.Event()
         self._closing = False
         self._outstanding = 0  # claimed by this run, outcome not yet recorded
         self._consecutive_failures = 0
@@ -261,14 +271,35 @@ class CampaignRunner:
             return
         batch, self._outcomes = self._outcomes, []
         events = self._events_for(batch)
-        if events:
-            await self.ledger.run(self.ledger.sync.record, batch, events)
-            if self.on_events is not None:
-                self.on_events()
-        else:
-            await self.ledger.run(self.ledger.sync.record, batch)
+        try:
+            if events:
+                await self.ledger.patiently(self.ledger.sync.record, batch, events)
+            else:
+                await self.ledger.patiently(self.ledger.sync.record, batch)
+        except BaseException:
+            self._outcomes[:0] = batch  # not written: keep them for the next try
+            raise
+        if events and self.on_events is not None:
+            self.on_events()
         self._log_outcomes(batch)
         self._account(batch)
+        self._room.set()
+
+    async def _wait_for_room(self) -> None:
+        """While outcomes cannot be written (the database is away), hold at most
+        ``max_held_outcomes`` of them in memory: past that, nothing new is sent."""
+        while len(self._outcomes) >= self.settings.max_held_outcomes:
+            self._room = trio.Event()
+            self._flush_wanted.set()
+            await self._room.wait()
+
+    @property
+    def alive_at(self) -> float:
+        """The heartbeat for /healthz: a run waiting out a database outage is alive (the
+        outage shows on /readyz), a run whose loop stopped turning is not."""
+        if self.ledger.waiting:
+            return trio.current_time()
+        return self.heartbeat
 
     def _log_outcomes(self, batch: Sequence[Outcome]) -> None:
         """Every recipient that did not get its message (INFO), sent ones at DEBUG."""
@@ -316,7 +347,8 @@ class CampaignRunner:
         )
         for (state, attempted), n in tally.items():
             self.stats.settled(state, n)
-            self.metrics.messages.labels(self._label, state if attempted else "released").inc(n)
+            released = state == R.PENDING.value and not attempted
+            self.metrics.messages.labels(self._label, "released" if released else state).inc(n)
         self._outstanding -= len(batch)
 
     async def _writer(self) -> None:
@@ -350,7 +382,7 @@ class CampaignRunner:
         ledger = self.ledger
         async with render_tx:
             while True:
-                rows = await ledger.run(
+                rows = await ledger.patiently(
                     ledger.sync.claim,
                     self.campaign_id,
                     self.owner,
@@ -367,7 +399,7 @@ class CampaignRunner:
                 if self._outstanding > 0:
                     await trio.sleep(0.05)  # outcomes still coming: they may be retries
                     continue
-                due = await ledger.run(ledger.sync.next_due, self.campaign_id)
+                due = await ledger.patiently(ledger.sync.next_due, self.campaign_id)
                 if due is None or due - time.time() > self.settings.wait_deferred:
                     return
                 await trio.sleep(min(max(0.0, due - time.time()) + 0.01, 5.0))
@@ -406,6 +438,7 @@ class CampaignRunner:
                         await trio.lowlevel.checkpoint()  # rendering is CPU: let I/O run
                 if failed:
                     self._collect(failed)
+                    self._count_failures(failed)  # a template failing everyone stops the run
                 if ready:
                     await ready_tx.send(ready)
 
@@ -437,7 +470,8 @@ class CampaignRunner:
                         # connection batch cost more than the SMTP work at 32 connections): a
                         # crash leaves uncertain at most this slice plus what is on the wire.
                         ids = [_claimed(m).id for m in pending]
-                        marked = await ledger.run(
+                        await self._wait_for_room()
+                        marked = await ledger.patiently(
                             ledger.sync.mark_sending, ids, self.owner, now=time.time()
                         )
                         if marked < len(ids):  # paused/cancelled: hand nothing over
@@ -518,7 +552,7 @@ class CampaignRunner:
             self.metrics.connections.labels(relay.name).inc()
             return connection
         last = errors[-1] if errors else "every relay's circuit breaker is open"
-        raise CampaignAborted(f"no relay could be reached ({last})")
+        raise CampaignAborted(f"no relay could be reached ({last})", hold=False)
 
     def _relay_changed(self, name: str, state: str, detail: str | None) -> None:
         self.metrics.relays.report(name, state, detail)

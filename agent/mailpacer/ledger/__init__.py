@@ -3,7 +3,7 @@
 from mailpacer.ledger.lock import LedgerInUseError, LedgerLock
 from mailpacer.ledger.states import CampaignState, RecipientState
 from mailpacer.ledger.store import Campaign, Claimed, Ledger, LedgerError, Outcome, mask_url
-from mailpacer.ledger.threaded import AsyncLedger
+from mailpacer.ledger.threaded import AsyncLedger, is_outage
 
 __all__ = [
     "AsyncLedger",
@@ -16,5 +16,6 @@ __all__ = [
     "LedgerLock",
     "Outcome",
     "RecipientState",
+    "is_outage",
     "mask_url",
 ]

@@ -75,6 +75,8 @@ class Campaign:
     settings: dict[str, Any]
     created_at: float
     finished_at: float | None
+    note: str | None = None
+    control: str | None = None  # "pause": held by an operator
 
 
 @dataclass(slots=True)
@@ -488,6 +490,8 @@ class Ledger:
             settings=json.loads(m["settings"] or "{}"),
             created_at=m["created_at"],
             finished_at=m["finished_at"],
+            note=m["note"],
+            control=m["control"],
         )
 
     def campaign_by_name(self, name: str) -> Campaign | None:
@@ -545,6 +549,46 @@ class Ledger:
         campaign = self.campaign_by_name(name)
         assert campaign is not None
         return campaign
+
+    def runnable_campaigns(self, now: float) -> list[Campaign]:
+        """Campaigns with work due now and not stopped by an operator: one query (the
+        agent's poll). Work due: pending recipients, deferred ones whose time has come, or
+        leases that expired (a dead agent's)."""
+        c = campaigns.c
+        r = recipients.c
+        due = (
+            sa.select(sa.literal(1))
+            .select_from(recipients)
+            .where(
+                r.campaign_id == c.id,
+                sa.or_(
+                    r.status == R.PENDING.value,
+                    sa.and_(r.status == R.DEFERRED.value, r.next_attempt_at <= now),
+                    sa.and_(
+                        r.status.in_([R.CLAIMED.value, R.SENDING.value]), r.lease_expires < now
+                    ),
+                ),
+            )
+            .exists()
+        )
+        query = (
+            sa.select(campaigns)
+            .where(
+                c.status.in_(
+                    [
+                        CampaignState.READY.value,
+                        CampaignState.RUNNING.value,
+                        CampaignState.PAUSED.value,
+                    ]
+                ),
+                sa.or_(c.control.is_(None), c.control != CONTROL_PAUSE),
+                due,
+            )
+            .order_by(c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [self._campaign(row) for row in rows]
 
     def update_campaign(self, campaign_id: int, **values: Any) -> None:
         """Change a campaign's columns. A cancelled campaign stays cancelled (a sender that

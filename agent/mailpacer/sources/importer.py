@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import event
 
 from mailpacer.ledger.store import Ledger
-from mailpacer.sources.rows import RejectedRow, SourceRow
+from mailpacer.sources.rows import RecipientSourceError, RejectedRow, SourceRow
 
 __all__ = ["MAX_REJECTED_KEPT", "ImportReport", "import_rows"]
 
@@ -196,29 +196,40 @@ def _import(
     count = 0
     finished = False
     try:
-        for row in rows:
-            count += 1
-            if type(row) is RejectedRow:
-                rejected += 1
-                if len(samples) < MAX_REJECTED_KEPT:
-                    samples.append(row)
-                continue
-            assert isinstance(row, SourceRow)
-            address = row.address
-            batch.append(
-                {
-                    "email": address.address,
-                    "email_key": address.key,
-                    "source_row": row.line,
-                    "variables": dumps(row.variables),
-                }
-            )
-            if len(batch) >= batch_size:
+        try:
+            for row in rows:
+                count += 1
+                if type(row) is RejectedRow:
+                    rejected += 1
+                    if len(samples) < MAX_REJECTED_KEPT:
+                        samples.append(row)
+                    continue
+                assert isinstance(row, SourceRow)
+                address = row.address
+                batch.append(
+                    {
+                        "email": address.address,
+                        "email_key": address.key,
+                        "source_row": row.line,
+                        "variables": dumps(row.variables),
+                    }
+                )
+                if len(batch) >= batch_size:
+                    writer.put(batch)
+                    batch = []
+                    report.rows, report.rejected = count, rejected
+                    if progress is not None:
+                        progress(report)
+        except RecipientSourceError:
+            # The source broke (a CRM connection lost...): keep every valid row read before
+            # it, so running the import again only adds the rest.
+            report.rows, report.rejected = count, rejected
+            if batch:
                 writer.put(batch)
-                batch = []
-                report.rows, report.rejected = count, rejected
-                if progress is not None:
-                    progress(report)
+            writer.put(None)
+            writer.join()
+            finished = True
+            raise
         if batch:
             writer.put(batch)
         writer.put(None)
@@ -227,7 +238,7 @@ def _import(
             raise writer.error
         finished = True
     finally:
-        if not finished:  # a source or ledger error, or Ctrl-C: insert nothing more
+        if not finished:  # a ledger error, or Ctrl-C: insert nothing more
             writer.abandon.set()
             if writer.is_alive():
                 with contextlib.suppress(queue.Full):  # it checks `abandon` first anyway

@@ -1,0 +1,214 @@
+"""`mailpacer campaign create`: queue a campaign in the ledger for the agents to send.
+
+Everything is checked before the ledger changes (sender, templates, DKIM key, rate, the
+list's header). The campaign is held (paused, note "importing") while its recipients are
+imported, so no agent starts on half a list; an interrupted create is finished by running
+the same command again (rows already imported are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from mailpacer.commands import EXIT, UsageError
+
+__all__ = ["CreateOptions", "run_create"]
+
+IMPORTING = "importing"
+
+
+@dataclass
+class CreateOptions:
+    db: str
+    name: str
+    sender: str
+    template: Path | None = None
+    message: Path | None = None
+    recipients: Path | None = None
+    recipients_sql: str | None = None
+    query: str | None = None
+    rate: str | None = None
+    burst: int = 1
+    unsubscribe_url: str | None = None
+    dkim_key: Path | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    guard_bounce_rate: str = "5%"
+    guard_deferral_rate: str = "30%"
+    paused: bool = False
+    as_json: bool = False
+
+
+def _share(option: str, text: str) -> float:
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise UsageError(f"{option} {text!r}: expected a share such as 5% or 0.05 (0 = off)")
+    return value
+
+
+def _source(opts: CreateOptions) -> Any:
+    from mailpacer.sources.rows import RecipientSourceError
+
+    if (opts.recipients is None) == (opts.recipients_sql is None):
+        raise UsageError("give exactly one of --recipients FILE.csv or --recipients-sql URL")
+    if opts.recipients_sql is not None and not opts.query:
+        raise UsageError("--recipients-sql needs --query 'SELECT email, ... FROM ...'")
+    try:
+        if opts.recipients is not None:
+            from mailpacer.sources.csvfile import CsvRecipients
+
+            return CsvRecipients(opts.recipients)
+        from mailpacer.sources.sql import SqlRecipients
+
+        assert opts.query is not None
+        return SqlRecipients(opts.recipients_sql or "", opts.query)
+    except RecipientSourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _render_sample(spec: Any, source: Any, size: int = 20) -> None:
+    """Render the list's first rows: a template that fails for all of them (a variable the
+    list does not have) is refused now, not discovered recipient by recipient later."""
+    import itertools
+
+    from mailpacer.campaign_spec import build_factory
+    from mailpacer.message.headers import HeaderInjectionError
+    from mailpacer.message.render import RenderError
+    from mailpacer.sources.rows import RecipientSourceError, SourceRow
+
+    factory = build_factory(spec)
+    tried = 0
+    first_error = ""
+    try:
+        iterator = iter(source)
+        for row in itertools.islice(iterator, size * 5):
+            if not isinstance(row, SourceRow):
+                continue
+            tried += 1
+            try:
+                factory.build(row.line, row.address.address, row.variables)
+            except (RenderError, HeaderInjectionError, ValueError) as exc:
+                first_error = first_error or f"{source.unit} {row.line}: {exc}"
+                if tried >= size:
+                    break
+                continue
+            return  # one renders: the template fits the list
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+    except RecipientSourceError as exc:
+        raise UsageError(str(exc)) from None
+    if first_error:
+        raise UsageError(
+            f"the template fails for the first {tried} recipient(s) of the list; nothing was "
+            f"created. First error: {first_error}"
+        )
+
+
+def run_create(opts: CreateOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    from mailpacer.campaign_spec import CampaignSpec, CampaignSpecError
+    from mailpacer.commands.campaign import open_ledger
+    from mailpacer.ledger.states import CampaignState as C
+    from mailpacer.sources.importer import ImportReport, import_rows
+    from mailpacer.sources.rows import RecipientSourceError
+
+    spec = CampaignSpec(
+        name=opts.name.strip(),
+        sender=opts.sender,
+        template=opts.template.resolve() if opts.template else None,
+        message=opts.message.resolve() if opts.message else None,
+        rate=opts.rate,
+        burst=opts.burst,
+        unsubscribe_url=opts.unsubscribe_url,
+        dkim_key=opts.dkim_key.resolve() if opts.dkim_key else None,
+        dkim_selector=opts.dkim_selector,
+        dkim_domain=opts.dkim_domain,
+        guard_bounce_rate=_share("--guard-bounce-rate", opts.guard_bounce_rate),
+        guard_deferral_rate=_share("--guard-deferral-rate", opts.guard_deferral_rate),
+    )
+    try:
+        spec.check()
+    except CampaignSpecError as exc:
+        raise UsageError(str(exc)) from None
+    source = _source(opts)
+    _render_sample(spec, source)
+    ledger = open_ledger(opts.db, create=True)
+    try:
+        existing = ledger.campaign_by_name(spec.name)
+        if existing is not None and not (
+            existing.note == IMPORTING
+            and existing.sender == spec.sender
+            and existing.template_dir == spec.template_ref
+        ):
+            raise UsageError(
+                f"a campaign named {spec.name!r} already exists in {ledger.url_text} "
+                f"({existing.status}); choose another name"
+            )
+        campaign = ledger.create_campaign(
+            spec.name,
+            sender=spec.sender,
+            template_dir=spec.template_ref,
+            settings=spec.settings(),
+            source=str(opts.recipients.resolve()) if opts.recipients else source.description,
+        )
+        ledger.set_campaign_status(campaign.id, C.PAUSED, allowed_from=tuple(C), control="pause")
+        ledger.update_campaign(campaign.id, note=IMPORTING)
+        started = time.monotonic()
+        last = [started]
+
+        def progress(report: ImportReport) -> None:
+            now = time.monotonic()
+            if not opts.as_json and now - last[0] >= 2.0:
+                last[0] = now
+                err.write(f"importing: {report.rows:,} rows read, {report.imported:,} new\n")
+                err.flush()
+
+        try:
+            report = import_rows(ledger, campaign.id, source, progress=progress)
+        except RecipientSourceError as exc:
+            raise UsageError(
+                f"{exc} (the campaign stays held; run the same command again to finish)"
+            ) from None
+        total = ledger.count_recipients(campaign.id)
+        if total == 0:
+            raise UsageError(
+                f"no valid recipient in {source.description} ({report.rejected:,} rows "
+                "rejected); the campaign stays held: fix the list and run the command again"
+            )
+        if opts.paused:
+            ledger.update_campaign(campaign.id, note=None)
+        else:
+            ledger.set_campaign_status(campaign.id, C.READY, allowed_from=(C.PAUSED,))
+            ledger.update_campaign(campaign.id, note=None)
+        document: dict[str, Any] = {
+            "campaign": spec.name,
+            "status": "paused" if opts.paused else "ready",
+            "recipients": total,
+            "import": report.as_dict(),
+            "ledger": ledger.url_text,
+        }
+        if opts.as_json:
+            out.write(json.dumps(document, indent=2) + "\n")
+            return EXIT["ok"]
+        out.write(
+            f"campaign {spec.name!r} created: {total:,} recipients ({report.rows:,} rows, "
+            f"{report.duplicates:,} duplicates dropped, {report.rejected:,} rejected)\n"
+        )
+        for row in report.rejected_samples[:20]:
+            out.write(f"  {source.unit} {row.line}: {row.reason}\n")
+        if opts.paused:
+            out.write(f"  held: `mailpacer campaign resume {spec.name}` releases it\n")
+        else:
+            out.write("  queued: a running agent (`mailpacer run`) starts it within 20 s\n")
+        return EXIT["ok"]
+    finally:
+        ledger.dispose()

@@ -1,0 +1,1 @@
+"""The long-running agent (`mailpacer run`): polls the ledger, sends queued campaigns."""

@@ -1,0 +1,300 @@
+"""The agent: sends the ledger's queued campaigns, several at once, until told to stop.
+
+One supervisor loop (its heartbeat is /healthz's "scheduler") starts a CampaignRunner for
+each campaign the poller finds with work due, up to ``max_campaigns`` at a time. Operator
+commands reach running campaigns through the ledger (a pause or cancel stops the runner at
+its next claim); a resume makes the campaign due again for the next poll. While the database
+is away, runners wait it out (nothing new is sent) and polls fail quietly until it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from mailpacer.agentconfig import AgentConfig
+from mailpacer.campaign_spec import AGENT_MODE, CampaignSpec, CampaignSpecError, build_factory
+from mailpacer.engine.campaign import CampaignAborted, CampaignRunner, EngineSettings
+from mailpacer.engine.stats import CampaignStats
+from mailpacer.ledger.states import CampaignState
+from mailpacer.ledger.store import Campaign
+from mailpacer.ledger.threaded import AsyncLedger
+from mailpacer.metrics import Metrics
+from mailpacer.service.poller import LedgerPoller
+
+__all__ = ["ActiveCampaign", "Agent"]
+
+log = logging.getLogger("mailpacer.agent")
+
+C = CampaignState
+RETRY_UNREACHABLE = (30.0, 600.0)  # a campaign whose relays are unreachable: backoff bounds
+
+
+@dataclass
+class ActiveCampaign:
+    campaign: Campaign
+    stats: CampaignStats
+    runner: CampaignRunner | None = None
+
+
+@dataclass
+class _Backoff:
+    until: float
+    delay: float
+
+
+@dataclass
+class Agent:
+    """Owns the poller and the campaign runners; ``run`` until ``stop``."""
+
+    config: AgentConfig
+    ledger: AsyncLedger
+    metrics: Metrics
+    exclusive: bool  # SQLite under our lock: this agent is the only sender
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    event_states: frozenset[str] = frozenset()
+    wait_deferred: float = 30.0  # a runner stays for retries due within this; then the poll
+    on_events: Callable[[], None] | None = None
+    heartbeat: float = 0.0
+    active: dict[int, ActiveCampaign] = field(default_factory=dict)
+    finished: int = 0
+    stopping: bool = False
+    _backoff: dict[int, _Backoff] = field(default_factory=dict)
+    _found: list[Campaign] = field(default_factory=list)
+    _nursery: trio.Nursery | None = None
+    poller: LedgerPoller[list[Campaign]] | None = None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ledger = self.ledger
+        self.poller = LedgerPoller(
+            lambda: ledger.run(ledger.sync.runnable_campaigns, time.time()),
+            self._deliver,
+            interval=self.config.poll_interval,
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.poller.run)
+            self.heartbeat = trio.current_time()
+            task_status.started()
+            while not self.stopping:
+                self.heartbeat = trio.current_time()
+                self._start_found(nursery)
+                await trio.sleep(1.0)
+            # stopping: runners finish their in-flight transactions; the poller goes
+            for active in list(self.active.values()):
+                if active.runner is not None:
+                    active.runner.stop()
+            while self.active:
+                self.heartbeat = trio.current_time()
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self.stopping = True
+        for active in self.active.values():
+            if active.runner is not None:
+                active.runner.stop()
+
+    def _deliver(self, campaigns: list[Campaign]) -> None:
+        self._found = [c for c in campaigns if c.settings.get("mode") == AGENT_MODE]
+        if self._nursery is not None:
+            self._start_found(self._nursery)
+
+    def _start_found(self, nursery: trio.Nursery) -> None:
+        now = trio.current_time()
+        while self._found and len(self.active) < self.config.max_campaigns and not self.stopping:
+            campaign = self._found.pop(0)
+            if campaign.id in self.active:
+                continue
+            backoff = self._backoff.get(campaign.id)
+            if backoff is not None and backoff.until > now:
+                continue
+            self.active[campaign.id] = ActiveCampaign(campaign, CampaignStats(campaign.name))
+            nursery.start_soon(self._send, campaign, name=f"campaign {campaign.name}")
+
+    # -- one campaign ------------------------------------------------------------------------
+
+    def _settings(self, spec: CampaignSpec) -> EngineSettings:
+        return EngineSettings(
+            relays=self.config.relays,
+            concurrency=self.config.concurrency,
+            rate=spec.parsed_rate(),
+            burst=spec.burst,
+            wait_deferred=self.wait_deferred,
+            guard_bounce_rate=spec.guard_bounce_rate,
+            guard_deferral_rate=spec.guard_deferral_rate,
+            event_states=self.event_states,
+        )
+
+    async def _send(self, campaign: Campaign) -> None:
+        active = self.active[campaign.id]
+        try:
+            await self._send_one(campaign, active)
+        finally:
+            del self.active[campaign.id]
+            self.metrics.forget_campaign(active.stats)
+            if self.poller is not None and not self.stopping:
+                self.poller.wake()  # the next queued campaign need not wait a full interval
+
+    async def _send_one(self, campaign: Campaign, active: ActiveCampaign) -> None:
+        ledger = self.ledger
+        spec = CampaignSpec.stored(
+            campaign.name, campaign.sender, campaign.template_dir, campaign.settings
+        )
+        try:
+            factory = await trio.to_thread.run_sync(build_factory, spec)
+            settings = self._settings(spec)
+        except CampaignSpecError as exc:
+            await self._hold(campaign, f"cannot build the campaign's messages: {exc}")
+            return
+        runner = CampaignRunner(
+            ledger,
+            campaign.id,
+            factory,
+            settings,
+            owner=self.owner,
+            stats=active.stats,
+            metrics=self.metrics,
+            exclusive=self.exclusive,
+        )
+        runner.on_events = self.on_events
+        active.runner = runner
+        if self.stopping:
+            return
+        self.metrics.watch_campaign(active.stats)
+        resumed = campaign.status != C.READY.value
+        await ledger.patiently(
+            ledger.sync.update_campaign, campaign.id, status=C.RUNNING.value, note=None
+        )
+        await self._event(campaign, "campaign.resumed" if resumed else "campaign.started", {})
+        log.info(
+            "campaign %s: sending (%s)",
+            campaign.name,
+            "resumed" if resumed else "started",
+            extra={"event": "campaign.running", "campaign": campaign.name},
+        )
+        aborted: CampaignAborted | None = None
+        try:
+            await runner.run()
+        except CampaignAborted as exc:
+            aborted = exc
+        with trio.CancelScope(shield=True):
+            await self._settle(campaign, runner, aborted)
+
+    async def _settle(
+        self, campaign: Campaign, runner: CampaignRunner, aborted: CampaignAborted | None
+    ) -> None:
+        """Record how this run ended: finished, waiting for retries, held, or retried later."""
+        ledger = self.ledger
+        counts = await ledger.patiently(ledger.sync.state_counts, campaign.id)
+        remaining = sum(counts[s] for s in ("pending", "deferred", "claimed", "sending"))
+        if aborted is not None and aborted.hold:
+            await self._hold(campaign, str(aborted), counts=counts)
+            return
+        if aborted is not None:
+            backoff = self._backoff.get(campaign.id)
+            delay = (
+                min(backoff.delay * 2, RETRY_UNREACHABLE[1]) if backoff else RETRY_UNREACHABLE[0]
+            )
+            delay *= random.uniform(0.8, 1.2)
+            self._backoff[campaign.id] = _Backoff(trio.current_time() + delay, delay)
+            await ledger.patiently(
+                ledger.sync.update_campaign,
+                campaign.id,
+                note=f"retrying in {delay:.0f} s: {aborted}",
+            )
+            log.warning(
+                "campaign %s: %s; trying again in %.0f s",
+                campaign.name,
+                aborted,
+                delay,
+                extra={"event": "campaign.retry_later", "campaign": campaign.name},
+            )
+            return
+        self._backoff.pop(campaign.id, None)
+        current = await ledger.patiently(ledger.sync.campaign_by_id, campaign.id)
+        stopped = current is not None and (
+            current.control == "pause" or current.status == C.CANCELLED.value
+        )
+        if stopped:
+            assert current is not None
+            if current.status != C.CANCELLED.value:
+                await ledger.patiently(
+                    ledger.sync.update_campaign, campaign.id, status=C.PAUSED.value
+                )
+            event = (
+                "campaign.cancelled" if current.status == C.CANCELLED.value else "campaign.paused"
+            )
+        elif remaining or self.stopping:
+            event = "campaign.waiting"  # deferred retries later, or this agent stopped
+        else:
+            self.finished += 1
+            event = "campaign.finished"
+            await ledger.patiently(
+                ledger.sync.update_campaign,
+                campaign.id,
+                status=C.FINISHED.value,
+                finished_at=time.time(),
+            )
+        log.info(
+            "campaign %s: %s",
+            campaign.name,
+            event.removeprefix("campaign."),
+            extra={"event": event, "campaign": campaign.name},
+        )
+        if event != "campaign.waiting":
+            await self._event(campaign, event, {"counts": counts})
+
+    async def _hold(
+        self, campaign: Campaign, why: str, *, counts: dict[str, int] | None = None
+    ) -> None:
+        """Stop the campaign until an operator resumes it (bad template, guard tripped...)."""
+        ledger = self.ledger
+        await ledger.patiently(
+            ledger.sync.set_campaign_status,
+            campaign.id,
+            C.PAUSED,
+            allowed_from=(C.READY, C.RUNNING, C.PAUSED),
+            control="pause",
+        )
+        await ledger.patiently(ledger.sync.update_campaign, campaign.id, note=why)
+        log.error(
+            "campaign %s: held until an operator resumes it: %s",
+            campaign.name,
+            why,
+            extra={"event": "campaign.failed", "campaign": campaign.name},
+        )
+        data: dict[str, Any] = {"reason": why}
+        if counts is not None:
+            data["counts"] = counts
+        await self._event(campaign, "campaign.failed", data)
+
+    async def _event(self, campaign: Campaign, kind: str, data: dict[str, Any]) -> None:
+        if not self.event_states:
+            return  # no reporter configured: nobody reads the outbox
+        ledger = self.ledger
+        await ledger.patiently(
+            ledger.sync.add_events, [(campaign.id, None, kind, data)], now=time.time()
+        )
+        if self.on_events is not None:
+            self.on_events()
+
+    # -- what the endpoints show --------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "active_campaigns": [a.campaign.name for a in self.active.values()],
+            "finished_campaigns": self.finished,
+            "polls": self.poller.polls if self.poller else 0,
+            "database_outage": self.ledger.in_outage,
+        }
