@@ -20,8 +20,6 @@ from mailpacer.commands import EXIT, UsageError
 
 __all__ = ["CampaignOptions", "run_campaign"]
 
-ACTIVE = ("pending", "claimed", "sending", "deferred")
-
 
 @dataclass
 class CampaignOptions:
@@ -54,21 +52,9 @@ def open_ledger(db: str, *, create: bool = False) -> Any:
 
 
 def _document(ledger: Any, campaign: Any) -> dict[str, Any]:
-    counts = ledger.state_counts(campaign.id)
-    return {
-        "campaign": campaign.name,
-        "status": campaign.status,
-        "total": sum(counts.values()),
-        "counts": counts,
-        "remaining": sum(counts[s] for s in ACTIVE),
-        "sender": campaign.sender,
-        "template": campaign.template_dir,
-        "source": campaign.source,
-        "settings": campaign.settings,
-        "created_at": campaign.created_at,
-        "finished_at": campaign.finished_at,
-        "next_retry_at": ledger.next_due(campaign.id),
-    }
+    from mailpacer.campaigns import campaign_document
+
+    return campaign_document(ledger, campaign)
 
 
 def _line(d: dict[str, Any]) -> str:
@@ -77,16 +63,19 @@ def _line(d: dict[str, Any]) -> str:
 
 
 def run_campaign(opts: CampaignOptions, out: TextIO = sys.stdout) -> int:
+    from mailpacer.campaigns import CampaignError
+
     ledger = open_ledger(opts.db)
     try:
         return _dispatch(ledger, opts, out)
+    except CampaignError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         ledger.dispose()
 
 
 def _dispatch(ledger: Any, opts: CampaignOptions, out: TextIO) -> int:
-    from mailpacer.ledger.states import CampaignState as C
-    from mailpacer.ledger.states import RecipientState as R
+    from mailpacer.campaigns import change_status, find_campaign, requeue
 
     def emit(document: dict[str, Any], text: str) -> int:
         out.write(json.dumps(document, indent=2) + "\n" if opts.as_json else text + "\n")
@@ -101,12 +90,7 @@ def _dispatch(ledger: Any, opts: CampaignOptions, out: TextIO) -> int:
         return emit({}, "\n".join(_line(d) for d in documents))
 
     assert opts.name is not None
-    campaign = ledger.campaign_by_name(opts.name)
-    if campaign is None:
-        known = ", ".join(c.name for c in ledger.list_campaigns()[:10]) or "none"
-        raise UsageError(
-            f"no campaign named {opts.name!r} in {ledger.url_text} (campaigns: {known})"
-        )
+    campaign = find_campaign(ledger, opts.name)
     name = campaign.name
 
     if opts.action == "show":
@@ -125,50 +109,29 @@ def _dispatch(ledger: Any, opts: CampaignOptions, out: TextIO) -> int:
         return emit(d, "\n".join(lines))
 
     if opts.action in ("pause", "resume", "cancel"):
-        target, allowed, done = {
-            "pause": (C.PAUSED, (C.READY, C.RUNNING, C.PAUSED), "paused"),
-            "resume": (C.READY, (C.PAUSED, C.READY), "resumed"),
-            "cancel": (C.CANCELLED, tuple(C), "cancelled"),
-        }[opts.action]
-        control = "pause" if opts.action == "pause" else None
-        if not ledger.set_campaign_status(
-            campaign.id, target, allowed_from=allowed, control=control
-        ):
-            current = ledger.campaign_by_id(campaign.id).status
-            raise UsageError(f"campaign {name!r} is {current}; it cannot be {done}")
+        changed = change_status(ledger, campaign, opts.action)
+        done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[opts.action]
         notes = {
             "pause": "a running sender stops at its next claim (messages in flight finish); "
             "`mailpacer send` of the campaign, or `campaign resume`, continues it",
             "resume": "the next `mailpacer send` of the campaign continues where it stopped",
             "cancel": "nothing more will be sent; `mailpacer send` refuses it from now on",
         }
-        d = _document(ledger, ledger.campaign_by_id(campaign.id))
+        d = _document(ledger, changed)
         return emit(d, f"campaign {name!r} {done}: {notes[opts.action]}")
 
     if opts.action in ("retry", "resolve-uncertain"):
-        if ledger.campaign_by_id(campaign.id).status == C.CANCELLED:
-            raise UsageError(f"campaign {name!r} was cancelled; nothing in it can be retried")
-        moves: list[tuple[R, R, str]] = []
         if opts.action == "retry":
-            if not opts.states:
-                raise UsageError("say what to retry: --failed, --deferred and/or --uncertain")
-            for state in opts.states:
-                moves.append((R(state), R.PENDING, "retry requested by the operator"))
-        elif opts.resolution == "resend":
-            moves.append((R.UNCERTAIN, R.PENDING, "operator chose to resend"))
-        elif opts.resolution == "mark-sent":
-            moves.append((R.UNCERTAIN, R.SENT, "operator marked it sent"))
+            result = requeue(ledger, campaign, states=opts.states, emails=opts.emails)
         else:
-            raise UsageError("say how to resolve: --resend or --mark-sent")
-        now = time.time()
-        changed = {
-            src.value: ledger.requeue(campaign.id, src, dst, note=note, emails=opts.emails, now=now)
-            for src, dst, note in moves
-        }
-        d = _document(ledger, ledger.campaign_by_id(campaign.id))
-        d["changed"] = changed
-        total = sum(changed.values())
-        what = ", ".join(f"{n:,} {s}" for s, n in changed.items())
+            if opts.resolution is None:
+                raise UsageError("say how to resolve: --resend or --mark-sent")
+            result = requeue(ledger, campaign, resolution=opts.resolution, emails=opts.emails)
+        changed_counts = result.changed
+        d = _document(ledger, result.campaign)
+        d["changed"] = changed_counts
+        total = sum(changed_counts.values())
+        what = ", ".join(f"{n:,} {s}" for s, n in changed_counts.items())
         if opts.resolution == "mark-sent":
             text = f"campaign {name!r}: {what} marked sent (they will not be sent again)"
         elif total:

@@ -19,8 +19,6 @@ from mailpacer.commands import EXIT, UsageError
 
 __all__ = ["CreateOptions", "run_create"]
 
-IMPORTING = "importing"
-
 
 @dataclass
 class CreateOptions:
@@ -75,51 +73,11 @@ def _source(opts: CreateOptions) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def _render_sample(spec: Any, source: Any, size: int = 20) -> None:
-    """Render the list's first rows: a template that fails for all of them (a variable the
-    list does not have) is refused now, not discovered recipient by recipient later."""
-    import itertools
-
-    from mailpacer.campaign_spec import build_factory
-    from mailpacer.message.headers import HeaderInjectionError
-    from mailpacer.message.render import RenderError
-    from mailpacer.sources.rows import RecipientSourceError, SourceRow
-
-    factory = build_factory(spec)
-    tried = 0
-    first_error = ""
-    try:
-        iterator = iter(source)
-        for row in itertools.islice(iterator, size * 5):
-            if not isinstance(row, SourceRow):
-                continue
-            tried += 1
-            try:
-                factory.build(row.line, row.address.address, row.variables)
-            except (RenderError, HeaderInjectionError, ValueError) as exc:
-                first_error = first_error or f"{source.unit} {row.line}: {exc}"
-                if tried >= size:
-                    break
-                continue
-            return  # one renders: the template fits the list
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
-    except RecipientSourceError as exc:
-        raise UsageError(str(exc)) from None
-    if first_error:
-        raise UsageError(
-            f"the template fails for the first {tried} recipient(s) of the list; nothing was "
-            f"created. First error: {first_error}"
-        )
-
-
 def run_create(opts: CreateOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     from mailpacer.campaign_spec import CampaignSpec, CampaignSpecError
+    from mailpacer.campaigns import CampaignError, create_campaign, render_sample
     from mailpacer.commands.campaign import open_ledger
-    from mailpacer.ledger.states import CampaignState as C
-    from mailpacer.sources.importer import ImportReport, import_rows
-    from mailpacer.sources.rows import RecipientSourceError
+    from mailpacer.sources.importer import ImportReport
 
     spec = CampaignSpec(
         name=opts.name.strip(),
@@ -140,28 +98,12 @@ def run_create(opts: CreateOptions, out: TextIO = sys.stdout, err: TextIO = sys.
     except CampaignSpecError as exc:
         raise UsageError(str(exc)) from None
     source = _source(opts)
-    _render_sample(spec, source)
+    try:
+        render_sample(spec, source)
+    except CampaignError as exc:
+        raise UsageError(str(exc)) from None
     ledger = open_ledger(opts.db, create=True)
     try:
-        existing = ledger.campaign_by_name(spec.name)
-        if existing is not None and not (
-            existing.note == IMPORTING
-            and existing.sender == spec.sender
-            and existing.template_dir == spec.template_ref
-        ):
-            raise UsageError(
-                f"a campaign named {spec.name!r} already exists in {ledger.url_text} "
-                f"({existing.status}); choose another name"
-            )
-        campaign = ledger.create_campaign(
-            spec.name,
-            sender=spec.sender,
-            template_dir=spec.template_ref,
-            settings=spec.settings(),
-            source=str(opts.recipients.resolve()) if opts.recipients else source.description,
-        )
-        ledger.set_campaign_status(campaign.id, C.PAUSED, allowed_from=tuple(C), control="pause")
-        ledger.update_campaign(campaign.id, note=IMPORTING)
         started = time.monotonic()
         last = [started]
 
@@ -173,22 +115,20 @@ def run_create(opts: CreateOptions, out: TextIO = sys.stdout, err: TextIO = sys.
                 err.flush()
 
         try:
-            report = import_rows(ledger, campaign.id, source, progress=progress)
-        except RecipientSourceError as exc:
-            raise UsageError(
-                f"{exc} (the campaign stays held; run the same command again to finish)"
-            ) from None
-        total = ledger.count_recipients(campaign.id)
-        if total == 0:
-            raise UsageError(
-                f"no valid recipient in {source.description} ({report.rejected:,} rows "
-                "rejected); the campaign stays held: fix the list and run the command again"
+            created = create_campaign(
+                ledger,
+                spec,
+                source,
+                source_text=(
+                    str(opts.recipients.resolve()) if opts.recipients else source.description
+                ),
+                paused=opts.paused,
+                progress=progress,
+                sampled=True,
             )
-        if opts.paused:
-            ledger.update_campaign(campaign.id, note=None)
-        else:
-            ledger.set_campaign_status(campaign.id, C.READY, allowed_from=(C.PAUSED,))
-            ledger.update_campaign(campaign.id, note=None)
+        except CampaignError as exc:
+            raise UsageError(str(exc)) from None
+        total, report = created.total, created.report
         document: dict[str, Any] = {
             "campaign": spec.name,
             "status": "paused" if opts.paused else "ready",

@@ -22,6 +22,7 @@ from mailpacer.agentconfig import AgentConfig, load_agent_config
 from mailpacer.commands import EXIT, UsageError
 from mailpacer.commands.send import observe_reporter
 from mailpacer.config import ConfigError, parse_relay_url
+from mailpacer.http.api import ControlApi
 from mailpacer.http.app import OperatorApp
 from mailpacer.http.health import HealthState
 from mailpacer.http.readiness import Readiness
@@ -171,12 +172,15 @@ async def _serve(
                 readiness.extra["reporter"] = lambda: (reporter.ready, reporter.readiness())
             for relay in config.relays:
                 metrics.relays.register(relay.name)
-            app = OperatorApp(health, metrics, readiness)
+            api = _control_api(config, async_ledger, agent)
+            app = OperatorApp(health, metrics, readiness, api)
             try:
                 binds = await nursery.start(serve_http, app, config.http)
             except OSError as exc:
                 raise UsageError(f"cannot listen on {config.http}: {exc.strerror}") from None
             err.write(f"serving /healthz, /readyz and /metrics on {', '.join(binds)}\n")
+            if api is not None:
+                err.write(f"control API on {binds[0]}/api/v1 (bearer tokens from [api])\n")
             err.flush()
 
         async def run_then_close(*, task_status: trio.TaskStatus[None]) -> None:
@@ -203,6 +207,27 @@ async def _serve(
                 nursery.cancel_scope.deadline = trio.current_time() + 30
                 break
     return EXIT["ok"]
+
+
+def _control_api(config: AgentConfig, ledger: AsyncLedger, agent: Agent) -> ControlApi | None:
+    """The /api/v1 control API when [api] names a token (otherwise it answers 404)."""
+    if config.api_token is None and config.api_read_token is None:
+        return None
+
+    def wake() -> None:  # a created or resumed campaign: poll soon (still <= 4 polls/min)
+        if agent.poller is not None:
+            agent.poller.wake()
+
+    upload_dir = (
+        config.data_dir if config.data_dir is not None and config.data_dir.is_dir() else None
+    )
+    return ControlApi(
+        ledger,
+        token=config.api_token,
+        read_token=config.api_read_token,
+        wake=wake,
+        upload_dir=upload_dir,
+    )
 
 
 def _fresh(health: HealthState) -> Callable[[], bool]:

@@ -1,4 +1,5 @@
-"""A small ASGI app for operators: /healthz, /readyz and /metrics, answered from memory only."""
+"""A small ASGI app for operators: /healthz, /readyz and /metrics, answered from memory only;
+``/api/v1/...`` is handed to the control API (:mod:`mailpacer.http.api`) when there is one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mailpacer.http.api import PREFIX, ControlApi
 from mailpacer.http.health import HealthState
 from mailpacer.http.readiness import Readiness, watch_event_loop
 from mailpacer.metrics import Metrics
@@ -21,14 +23,20 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class OperatorApp:
-    """ASGI 3 application. Never touches the database, so it answers while the DB hangs."""
+    """ASGI 3 application. Never touches the database, so it answers while the DB hangs
+    (the control API's ledger calls run in worker threads)."""
 
     def __init__(
-        self, health: HealthState, metrics: Metrics, readiness: Readiness | None = None
+        self,
+        health: HealthState,
+        metrics: Metrics,
+        readiness: Readiness | None = None,
+        api: ControlApi | None = None,
     ) -> None:
         self.health = health
         self.metrics = metrics
         self.readiness = readiness
+        self.api = api
 
     async def run_monitors(self) -> None:
         """Background probes that keep the in-memory state fresh (serve_http runs this)."""
@@ -49,7 +57,12 @@ class OperatorApp:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        if scope["method"] not in ("GET", "HEAD"):
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            if self.api is None:
+                await _json(send, 404, {"error": "the control API is disabled"})
+            else:
+                await self.api(scope, receive, send)
+        elif scope["method"] not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
         elif path == "/healthz":
             ok, body = self.health.liveness()

@@ -1092,3 +1092,55 @@ class Ledger:
                 .limit(limit)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+    # -- suppressions: listing and removal (the control API) ---------------------------------
+
+    def list_suppressions(
+        self, *, after: int = 0, limit: int = 100, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Suppressions in the order they were added, ``limit`` at a time: the page after
+        the one whose last ``id`` was ``after`` (keyset paging: stable while rows are added).
+        ``kind``: only ``address`` or only ``domain`` entries."""
+        s = suppressions.c
+        conditions = [s.id > after]
+        if kind is not None:
+            conditions.append(s.kind == kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(s.id, s.kind, s.value, s.reason, s.source, s.created_at)
+                .where(*conditions)
+                .order_by(s.id)
+                .limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def count_suppressions(self, *, kind: str | None = None) -> int:
+        s = suppressions.c
+        query = sa.select(func.count()).select_from(suppressions)
+        if kind is not None:
+            query = query.where(s.kind == kind)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def find_suppression(self, value: str) -> dict[str, Any] | None:
+        """The entry for an address (``a@b``, any case) or a domain (``b``), if listed."""
+        kind, key = _suppression_key(value)
+        s = suppressions.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(s.id, s.kind, s.value, s.reason, s.source, s.created_at).where(
+                    s.kind == kind, s.value == key
+                )
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
+    def remove_suppression(self, value: str) -> bool:
+        """Take an address or a domain off the suppression list; False if it was not there.
+        Recipients already marked *suppressed* stay suppressed."""
+        kind, key = _suppression_key(value)
+        s = suppressions.c
+        with self._write() as conn:
+            deleted = conn.execute(
+                suppressions.delete().where(s.kind == kind, s.value == key)
+            ).rowcount
+        return bool(deleted)
