@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mailpacer.config import ConfigError, RelayConfig, parse_duration, parse_relay_url
+from mailpacer.pacing.spec import PacingConfig, parse_pacing
 
 __all__ = ["AgentConfig", "ReportSettings", "load_agent_config"]
 
@@ -29,6 +30,15 @@ class ReportSettings:
     secret: bytes = field(repr=False)
     detail: str = "failures"
     source: str = "mailpacer"
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    """``[bounces]``: the listener for VERP return paths (``bounce+...@domain``)."""
+
+    listen: tuple[str, int]
+    domain: str
+    secret: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class AgentConfig:
     report: ReportSettings | None = None
     api_token: str | None = field(default=None, repr=False)
     api_read_token: str | None = field(default=None, repr=False)
+    pacing: PacingConfig | None = None  # [pacing]: the hierarchy (docs/pacing.md)
+    bounces: BounceSettings | None = None
     source: str = "<defaults>"
 
     def secrets(self) -> list[str]:
@@ -54,6 +66,8 @@ class AgentConfig:
         if self.report is not None:
             found.append(self.report.secret.decode("utf-8", "replace"))
         found += [t for t in (self.api_token, self.api_read_token) if t]
+        if self.bounces is not None:
+            found.append(self.bounces.secret.decode("utf-8", "replace"))
         password = make_url(self.db).password
         if password:
             found.append(str(password))
@@ -199,6 +213,28 @@ def _report(table: Any) -> ReportSettings | None:
     )
 
 
+def _bounces(table: Any) -> BounceSettings | None:
+    if table is None:
+        return None
+    where = "[bounces]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _unknown(table, {"listen", "domain", "secret_file"}, where)
+    listen = _str(table, "listen", where) or ""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}.listen = {listen!r}: expected HOST:PORT, e.g. 0.0.0.0:2526")
+    domain = _str(table, "domain", where) or ""
+    if not domain or "@" in domain or "." not in domain:
+        raise ConfigError(f"{where}.domain = {domain!r}: the domain of the return paths")
+    if "secret_file" not in table:
+        raise ConfigError(f"{where}.secret_file is required (signs the return paths)")
+    secret = _read_secret(table["secret_file"], f"{where}.secret_file").encode()
+    if len(secret) < 16:
+        raise ConfigError(f"{where}.secret_file: the secret needs at least 16 bytes")
+    return BounceSettings((host.strip("[]"), int(port)), domain.lower(), secret)
+
+
 def load_agent_config(path: Path) -> AgentConfig:
     """Read and check ``path``; raise ConfigError naming the file and the bad key."""
     try:
@@ -215,7 +251,7 @@ def load_agent_config(path: Path) -> AgentConfig:
 
 
 def _parse(document: dict[str, Any], source: str) -> AgentConfig:
-    _unknown(document, {"agent", "relay", "report", "api"}, "top level")
+    _unknown(document, {"agent", "relay", "report", "api", "pacing", "bounces"}, "top level")
     agent = document.get("agent")
     if not isinstance(agent, dict):
         raise ConfigError('an [agent] table with at least db = "..." is required')
@@ -256,5 +292,7 @@ def _parse(document: dict[str, Any], source: str) -> AgentConfig:
             if "read_token_file" in api
             else None
         ),
+        pacing=parse_pacing(document["pacing"]) if "pacing" in document else None,
+        bounces=_bounces(document.get("bounces")),
         source=source,
     )

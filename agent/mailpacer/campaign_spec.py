@@ -7,10 +7,12 @@ from the stored spec. Paths are stored absolute: the agent reads them on its own
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from mailpacer.config import ConfigError, Rate, parse_rate
 from mailpacer.message.address import InvalidAddress, parse_address
@@ -19,6 +21,9 @@ from mailpacer.message.factory import MessageFactory, PersonalizedFactory, Stati
 from mailpacer.message.headers import HeaderInjectionError, format_mailbox
 from mailpacer.message.mime import MessageComposer
 from mailpacer.message.render import TemplateSet
+from mailpacer.pacing.spec import LimitSpec, parse_limit
+
+UTC = ZoneInfo("UTC")
 
 __all__ = [
     "AGENT_MODE",
@@ -103,6 +108,21 @@ class CampaignSpec:
     dkim_domain: str | None = None
     guard_bounce_rate: float = 0.05
     guard_deferral_rate: float = 0.30
+    # The campaign's own level of the pacing hierarchy (docs/pacing.md): per_hour, per_day,
+    # windows, ramp, timezone...; rate and burst above apply unless it sets its own.
+    pacing: Mapping[str, Any] | None = None
+
+    def limit_spec(self, timezone: ZoneInfo = UTC) -> LimitSpec:
+        """This campaign's level for the pacer (CampaignSpecError if the table is bad)."""
+        table: dict[str, Any] = dict(self.pacing or {})
+        if self.rate and "rate" not in table:
+            table["rate"] = self.rate
+        if "burst" not in table:
+            table["burst"] = self.burst
+        try:
+            return parse_limit(table, f"campaign {self.name!r} pacing", timezone=timezone)
+        except ConfigError as exc:
+            raise CampaignSpecError(str(exc)) from None
 
     def check(self) -> None:
         """Raise CampaignSpecError unless the campaign could be built right now."""
@@ -119,6 +139,7 @@ class CampaignSpec:
             if not 0 <= share <= 1:
                 raise CampaignSpecError(f"{option} {share!r}: a share from 0 to 1")
         self.parsed_rate()
+        self.limit_spec()
         build_factory(self)
 
     def parsed_rate(self) -> Rate | None:
@@ -154,6 +175,7 @@ class CampaignSpec:
                 "bounce_rate": self.guard_bounce_rate,
                 "deferral_rate": self.guard_deferral_rate,
             },
+            "pacing": dict(self.pacing) if self.pacing else None,
         }
 
     @classmethod
@@ -178,11 +200,15 @@ class CampaignSpec:
             dkim_domain=dkim.get("domain"),
             guard_bounce_rate=float(guard.get("bounce_rate", 0.05)),
             guard_deferral_rate=float(guard.get("deferral_rate", 0.30)),
+            pacing=settings.get("pacing") or None,
         )
 
 
-def build_factory(spec: CampaignSpec) -> MessageFactory:
-    """The message factory for ``spec``; CampaignSpecError when a part is unusable."""
+def build_factory(
+    spec: CampaignSpec, *, return_path: Callable[[int], str] | None = None
+) -> MessageFactory:
+    """The message factory for ``spec``; CampaignSpecError when a part is unusable.
+    ``return_path``: per-recipient envelope senders (VERP) for the bounce listener."""
     envelope_sender, from_header = parse_sender(spec.sender)
     signer = load_dkim(
         key=spec.dkim_key,
@@ -200,10 +226,17 @@ def build_factory(spec: CampaignSpec) -> MessageFactory:
             from_header=from_header, message_id_domain=envelope_sender.rpartition("@")[2]
         )
         return PersonalizedFactory(
-            templates, composer, envelope_sender=envelope_sender, campaign=spec.name, signer=signer
+            templates,
+            composer,
+            envelope_sender=envelope_sender,
+            campaign=spec.name,
+            signer=signer,
+            return_path=return_path,
         )
     assert spec.message is not None
     try:
-        return StaticFactory(spec.message, envelope_sender=envelope_sender, signer=signer)
+        return StaticFactory(
+            spec.message, envelope_sender=envelope_sender, signer=signer, return_path=return_path
+        )
     except Exception as exc:
         raise CampaignSpecError(str(exc)) from None

@@ -161,6 +161,13 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the TXT record published for the selector: the key is checked against it",
     )
     p.add_argument(
+        "--pacing",
+        type=Path,
+        metavar="FILE.toml",
+        help="the rate-limit hierarchy (a [pacing] table: global, relays, domain groups, "
+        "campaign windows/caps/ramps; see docs/pacing.md); --rate/--burst override its campaign",
+    )
+    p.add_argument(
         "--wait-deferred",
         default="5m",
         metavar="DURATION",
@@ -474,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                     unsubscribe_url=args.unsubscribe_url,
                     http=args.http,
                     wait_deferred=args.wait_deferred,
+                    pacing=args.pacing,
                     max_consecutive_failures=args.max_consecutive_failures,
                     progress=args.progress,
                     dkim_key=args.dkim_key,

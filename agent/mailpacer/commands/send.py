@@ -9,6 +9,7 @@ and the campaign runs until nothing is due, Ctrl-C, or an abort.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -51,6 +52,8 @@ from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.mime import MessageComposer
 from mailpacer.message.render import RenderError, TemplateSet
 from mailpacer.metrics import Metrics
+from mailpacer.pacing.hierarchy import Pacer
+from mailpacer.pacing.spec import LimitSpec, PacingConfig, parse_pacing
 from mailpacer.report.client import ReportClient
 from mailpacer.report.config import ReportConfig, ReportConfigError
 from mailpacer.report.outbox import LedgerOutbox
@@ -102,6 +105,7 @@ class SendOptions:
     report_detail: str = "failures"  # or "all": every recipient outcome
     report_source: str = "mailpacer"  # names this ledger's event sequence at the receiver
     report_wait: str = "30s"  # at the end, wait this long for undelivered events
+    pacing: Path | None = None  # a TOML file with a [pacing] table (docs/pacing.md)
 
 
 @dataclass
@@ -119,6 +123,8 @@ class Prepared:
     report: ReportConfig | None = None
     report_wait: float = 0.0
     guard: tuple[float, float] = (0.05, 0.30)
+    pacing: PacingConfig | None = None
+    campaign_pacing: LimitSpec | None = None
 
 
 def _parse_sender(text: str) -> tuple[str, str]:
@@ -214,6 +220,7 @@ def prepare(opts: SendOptions) -> Prepared:
     )
     if opts.guard_window < 1:
         raise UsageError(f"--guard-window {opts.guard_window}: must be at least 1")
+    pacing, campaign_pacing = _load_pacing(opts, rate)
     return Prepared(
         relays,
         rate,
@@ -226,7 +233,36 @@ def prepare(opts: SendOptions) -> Prepared:
         report,
         report_wait,
         guard,
+        pacing,
+        campaign_pacing,
     )
+
+
+def _load_pacing(
+    opts: SendOptions, rate: Rate | None
+) -> tuple[PacingConfig | None, LimitSpec | None]:
+    """``--pacing FILE.toml``: the hierarchy; --rate / --burst override its campaign level."""
+    if opts.pacing is None:
+        return None, None
+    import tomllib
+
+    try:
+        with opts.pacing.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"cannot read --pacing {str(opts.pacing)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--pacing {opts.pacing}: not valid TOML: {exc}") from None
+    if set(document) != {"pacing"}:
+        raise UsageError(f"--pacing {opts.pacing}: expected one [pacing] table (docs/pacing.md)")
+    try:
+        config = parse_pacing(document["pacing"])
+    except ConfigError as exc:
+        raise UsageError(f"--pacing {opts.pacing}: {exc}") from None
+    campaign = config.campaign or LimitSpec(timezone=config.timezone)
+    if rate is not None:
+        campaign = dataclasses.replace(campaign, rate=rate, burst=opts.burst)
+    return config, campaign
 
 
 def _share(option: str, text: str) -> float:
@@ -575,6 +611,8 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             stats=stats,
             metrics=metrics,
             exclusive=lock is not None,
+            pacer=Pacer(prep.pacing) if prep.pacing is not None else None,
+            pacing=prep.campaign_pacing,
         )
         show_progress = opts.progress if opts.progress is not None else err.isatty()
         if opts.json:

@@ -11,6 +11,7 @@ a message whose end-of-data dot was written but not answered becomes *uncertain*
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -32,8 +33,9 @@ from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.render import RenderError
 from mailpacer.metrics import Metrics
 from mailpacer.pacing.guard import ReputationGuard
-from mailpacer.pacing.limits import RateLimiter
+from mailpacer.pacing.hierarchy import Pacer
 from mailpacer.pacing.policy import RetryPolicy, outcome_for
+from mailpacer.pacing.spec import LimitSpec
 from mailpacer.smtp.client import (
     Batch,
     OutboundMessage,
@@ -43,6 +45,7 @@ from mailpacer.smtp.client import (
     SMTPConnectError,
     SMTPConnection,
     SMTPConnectionLost,
+    Stage,
     Timeouts,
 )
 from mailpacer.smtp.connect import open_relay
@@ -122,7 +125,12 @@ class CampaignRunner:
         stats: CampaignStats,
         metrics: Metrics | None = None,
         exclusive: bool = True,
+        pacer: Pacer | None = None,
+        pacing: LimitSpec | None = None,
     ) -> None:
+        """``pacer``: the agent's rate-limit hierarchy, shared by its campaigns (default: one
+        of this run's own); ``pacing``: this campaign's level in it (default: ``rate`` and
+        ``burst`` of the settings)."""
         if not settings.relays:
             raise ValueError("at least one relay is needed")
         self.ledger = ledger
@@ -133,7 +141,12 @@ class CampaignRunner:
         self.stats = stats
         self.metrics = metrics or Metrics()
         self.exclusive = exclusive
-        self.limiter = RateLimiter(settings.rate, burst=settings.burst) if settings.rate else None
+        self.pacer = pacer if pacer is not None else Pacer()
+        if pacing is None and settings.rate is not None:
+            pacing = LimitSpec(rate=settings.rate, burst=settings.burst)
+        self.pacer.add_campaign(stats.name, pacing or LimitSpec())
+        self._groups: dict[str, str | None] = {}  # recipient domain -> domain group
+        self._suppressions_checked = 0.0
         self.heartbeat = 0.0
         self.stopping = False
         self.interrupted = False
@@ -203,12 +216,23 @@ class CampaignRunner:
             ]
         )
 
-    def _on_results(self, results: Sequence[SendResult]) -> None:
+    def _on_results(self, results: Sequence[SendResult], relay: str | None = None) -> None:
         now = time.time()
         outcomes = []
         observe = self.metrics.transaction_seconds.observe
+        pacer = self.pacer
         for result in results:
             claimed = _claimed(result.message)
+            retry_after = None
+            if result.reply is not None:
+                # Replies drive the pace: throttles cut the relay's / group's rate (AIMD),
+                # "try again in N seconds" pauses them; successes restore it.
+                per_recipient = result.stage in (Stage.RCPT, Stage.DATA, Stage.DOT)
+                group = self._group_of(result.message) if per_recipient else None
+                signal = pacer.observe(
+                    result.reply.code, result.reply_text, relay=relay, group=group
+                )
+                retry_after = signal.retry_after
             outcomes.append(
                 outcome_for(
                     result,
@@ -217,6 +241,7 @@ class CampaignRunner:
                     first_attempt_at=claimed.first_attempt_at,
                     now=now,
                     policy=self.settings.retry,
+                    retry_after=retry_after,
                 )
             )
             if result.kind is not ResultKind.NOT_SENT:
@@ -281,9 +306,28 @@ class CampaignRunner:
             raise
         if events and self.on_events is not None:
             self.on_events()
+        await self._suppress_bounces(batch)
         self._log_outcomes(batch)
         self._account(batch)
         self._room.set()
+
+    async def _suppress_bounces(self, batch: Sequence[Outcome]) -> None:
+        """A hard bounce (unknown user) puts the address on the suppression list, so no
+        later campaign mails it again."""
+        emails = self._event_emails
+        for outcome in batch:
+            if outcome.state is not R.BOUNCED:
+                continue
+            email = emails.get(outcome.recipient_id)
+            if email is None:
+                continue
+            await self.ledger.patiently(
+                self.ledger.sync.add_suppression,
+                email,
+                reason=(outcome.reply or "hard bounce")[:500],
+                source=f"bounce:{self._label}"[:100],
+                now=time.time(),
+            )
 
     async def _wait_for_room(self) -> None:
         """While outcomes cannot be written (the database is away), hold at most
@@ -378,10 +422,29 @@ class CampaignRunner:
             size = min(size, max(1, math.ceil(self.settings.rate.per_second * 10)))
         return size
 
+    async def _apply_suppressions(self) -> None:
+        """Pending and deferred recipients on the suppression list become *suppressed*
+        before they are rendered (at the start, then every ``suppression_check`` seconds,
+        so an address a bounce or an unsubscribe just listed is not mailed again)."""
+        ledger = self.ledger
+        changed = await ledger.patiently(
+            ledger.sync.apply_suppressions, self.campaign_id, now=time.time()
+        )
+        self._suppressions_checked = trio.current_time()
+        if changed:
+            log.info(
+                "campaign %s: %d recipient(s) on the suppression list skipped",
+                self._label,
+                changed,
+                extra={"event": "campaign.suppressed", "campaign": self._label},
+            )
+
     async def _claimer(self, render_tx: trio.MemorySendChannel[list[Claimed]]) -> None:
         ledger = self.ledger
         async with render_tx:
             while True:
+                if trio.current_time() - self._suppressions_checked >= 60.0:
+                    await self._apply_suppressions()
                 rows = await ledger.patiently(
                     ledger.sync.claim,
                     self.campaign_id,
@@ -457,12 +520,14 @@ class CampaignRunner:
                     want = len(messages) - position
                     if not self._proven:
                         want = 1
-                    if self.limiter is not None:
-                        before = self.limiter.waited
-                        want = await self.limiter.take(min(want, depth))
-                        self.metrics.rate_limiter_wait.inc(self.limiter.waited - before)
-                    pending = messages[position : position + want]
-                    position += want
+                    before = self.pacer.waited(self._label)
+                    pending = await self._take(messages[position : position + want], depth)
+                    self.metrics.rate_limiter_wait.inc(self.pacer.waited(self._label) - before)
+                    # _take may reorder (a group that must wait does not hold up the others)
+                    taken = {id(m) for m in pending}
+                    rest = [m for m in messages[position:] if id(m) not in taken]
+                    messages = messages[:position] + pending + rest
+                    position += len(pending)
                     size = max(1, min(depth, math.ceil(len(pending) / workers)))
                     try:
                         handed = self._settled + len(pending)
@@ -489,6 +554,36 @@ class CampaignRunner:
                         # Marked (or maybe marked) but never handed over: back to pending.
                         self._release(pending, "stopped before sending")
                         raise
+
+    def _group_of(self, message: OutboundMessage) -> str | None:
+        domain = message.recipient.rpartition("@")[2].lower()
+        try:
+            return self._groups[domain]
+        except KeyError:
+            group = self._groups[domain] = self.pacer.group_for(domain)
+            return group
+
+    async def _take(self, candidates: list[OutboundMessage], depth: int) -> list[OutboundMessage]:
+        """What the pacing hierarchy lets go now, at most ``depth``: every domain group that
+        has capacity gives some at once; when none has, wait (in the pacer's fair queue) on
+        the group whose turn comes first. A group that must wait never holds up the others."""
+        by_group: dict[str | None, list[OutboundMessage]] = {}
+        for message in candidates:
+            by_group.setdefault(self._group_of(message), []).append(message)
+        pacer, name = self.pacer, self._label
+        granted: list[OutboundMessage] = []
+        for group, members in by_group.items():
+            room = depth - len(granted)
+            if room <= 0:
+                break
+            n = pacer.try_acquire(name, group=group, want=min(len(members), room))
+            granted.extend(members[:n])
+        if granted:
+            return granted
+        group = min(by_group, key=lambda g: pacer.when(name, group=g))
+        members = by_group[group]
+        n = await pacer.acquire(name, group=group, want=min(len(members), depth))
+        return members[:n]
 
     async def _feed(self, conn_tx: trio.MemorySendChannel[list[OutboundMessage]]) -> None:
         render_tx, render_rx = trio.open_memory_channel[list[Claimed]](1)
@@ -599,7 +694,12 @@ class CampaignRunner:
                     connection = None
                 if connection is None:
                     connection = await self._connect(worker)
-                batch = Batch(remaining)
+                # The relay's own level: its rate, or a pause a server asked for ("try
+                # again in 30 seconds"); what it does not allow yet waits for the next turn.
+                relay_level = self.pacer.relay(connection.relay_name)
+                allowed = await relay_level.acquire(len(remaining))
+                later = remaining[allowed:]
+                batch = Batch(remaining[:allowed])
                 detail = "stopped before the relay answered"
                 lost = False
                 try:
@@ -609,10 +709,14 @@ class CampaignRunner:
                     lost = True
                 finally:
                     results = batch.finish(detail)
-                    remaining = [r.message for r in results if r.kind is ResultKind.NOT_SENT]
-                    self._on_results([r for r in results if r.kind is not ResultKind.NOT_SENT])
+                    unsent = [r.message for r in results if r.kind is ResultKind.NOT_SENT]
+                    remaining = unsent + later
+                    self._on_results(
+                        [r for r in results if r.kind is not ResultKind.NOT_SENT],
+                        connection.relay_name,
+                    )
                 self._judge_relay(connection, results, lost, detail)
-                if remaining:
+                if unsent:
                     retries += 1
                     if retries > 3:
                         self._release(remaining, detail)
@@ -658,6 +762,7 @@ class CampaignRunner:
             await ledger.run(
                 ledger.sync.recover, self.campaign_id, None if self.exclusive else self.owner
             )
+            await self._apply_suppressions()
             self.stats.load(await ledger.run(ledger.sync.state_counts, self.campaign_id))
             self.stats.configured_rate = (
                 self.settings.rate.per_second if self.settings.rate else None
@@ -706,6 +811,8 @@ class CampaignRunner:
                 for connection in self._spare:
                     await self._close(connection)
                 self._spare.clear()
+            with contextlib.suppress(RuntimeError):  # a waiter left behind: keep the level
+                self.pacer.remove_campaign(self._label)
         if self._abort is not None:
             raise self._abort
         counts = await ledger.run(ledger.sync.state_counts, self.campaign_id)

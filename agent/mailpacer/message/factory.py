@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +49,11 @@ class PersonalizedFactory:
         campaign: str,
         name_column: str = "name",
         signer: DkimSigner | None = None,
+        return_path: Callable[[int], str] | None = None,
     ) -> None:
+        """``return_path(recipient_id)``: a per-recipient envelope sender (VERP), so a
+        bounce names whose message failed; default: ``envelope_sender`` for all."""
+        self.return_path = return_path
         self.signer = signer
         self.templates = templates
         self.composer = composer
@@ -92,7 +97,7 @@ class PersonalizedFactory:
         if self.signer is not None:
             data = self.signer.sign(data)
         return OutboundMessage(
-            sender=self.envelope_sender,
+            sender=self.return_path(recipient_id) if self.return_path else self.envelope_sender,
             recipient=email,
             payload=dot_stuff(data),
             size=len(data),
@@ -112,8 +117,14 @@ class StaticFactory:
     uses_variables = False
 
     def __init__(
-        self, path: Path, *, envelope_sender: str, signer: DkimSigner | None = None
+        self,
+        path: Path,
+        *,
+        envelope_sender: str,
+        signer: DkimSigner | None = None,
+        return_path: Callable[[int], str] | None = None,
     ) -> None:
+        self.return_path = return_path
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -137,7 +148,7 @@ class StaticFactory:
         source_row: int | None = None,
     ) -> OutboundMessage:
         return OutboundMessage(
-            sender=self.envelope_sender,
+            sender=self.return_path(recipient_id) if self.return_path else self.envelope_sender,
             recipient=email,
             payload=self.payload,
             size=self.size,

@@ -9,6 +9,7 @@ is away, runners wait it out (nothing new is sent) and polls fail quietly until 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -20,7 +21,10 @@ from typing import Any
 
 import trio
 
-from mailpacer.agentconfig import AgentConfig
+from mailpacer.agentconfig import AgentConfig, BounceSettings
+from mailpacer.bounces.listener import Bounce, BounceHandler, serve_bounces
+from mailpacer.bounces.record import record_bounce
+from mailpacer.bounces.verp import Verp
 from mailpacer.campaign_spec import AGENT_MODE, CampaignSpec, CampaignSpecError, build_factory
 from mailpacer.engine.campaign import CampaignAborted, CampaignRunner, EngineSettings
 from mailpacer.engine.stats import CampaignStats
@@ -28,6 +32,7 @@ from mailpacer.ledger.states import CampaignState
 from mailpacer.ledger.store import Campaign
 from mailpacer.ledger.threaded import AsyncLedger
 from mailpacer.metrics import Metrics
+from mailpacer.pacing.hierarchy import Pacer
 from mailpacer.service.poller import LedgerPoller
 
 __all__ = ["ActiveCampaign", "Agent"]
@@ -71,11 +76,15 @@ class Agent:
     _found: list[Campaign] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
     poller: LedgerPoller[list[Campaign]] | None = None
+    pacer: Pacer | None = None  # the rate-limit hierarchy all campaigns share
+    verp: Verp | None = None  # per-recipient return paths, when [bounces] is configured
+    bounces: BounceHandler | None = None
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ledger = self.ledger
+        self.pacer = Pacer(self.config.pacing)
         self.poller = LedgerPoller(
             lambda: ledger.run(ledger.sync.runnable_campaigns, time.time()),
             self._deliver,
@@ -83,6 +92,8 @@ class Agent:
         )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.config.bounces is not None:
+                await self._start_bounce_listener(nursery, self.config.bounces)
             await nursery.start(self.poller.run)
             self.heartbeat = trio.current_time()
             task_status.started()
@@ -98,6 +109,45 @@ class Agent:
                 self.heartbeat = trio.current_time()
                 await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
+
+    async def _start_bounce_listener(self, nursery: trio.Nursery, cfg: BounceSettings) -> None:
+        self.verp = Verp(cfg.domain, cfg.secret)
+        sink, source = trio.open_memory_channel[Bounce](10_000)
+        self.bounces = BounceHandler(self.verp, sink)
+        port = await nursery.start(serve_bounces, cfg.listen, self.bounces)
+        nursery.start_soon(self._record_bounces, source)
+        log.info(
+            "bounce listener on %s:%d for bounce+...@%s",
+            cfg.listen[0],
+            port,
+            cfg.domain,
+            extra={"event": "bounces.listening"},
+        )
+
+    async def _record_bounces(self, source: trio.MemoryReceiveChannel[Bounce]) -> None:
+        ledger = self.ledger
+        async for bounce in source:
+            reply = bounce.dsn.describe()
+            email = await ledger.patiently(
+                record_bounce,
+                ledger.sync,
+                bounce.recipient_id,
+                reply,
+                now=time.time(),
+                report=bool(self.event_states),
+            )
+            log.info(
+                "recipient %s bounced (%s); address suppressed",
+                bounce.recipient_id,
+                reply,
+                extra={
+                    "event": "recipient.bounced",
+                    "recipient_id": bounce.recipient_id,
+                    "email": email,
+                },
+            )
+            if self.on_events is not None:
+                self.on_events()
 
     def stop(self) -> None:
         self.stopping = True
@@ -152,8 +202,13 @@ class Agent:
             campaign.name, campaign.sender, campaign.template_dir, campaign.settings
         )
         try:
-            factory = await trio.to_thread.run_sync(build_factory, spec)
+            return_path = self.verp.address if self.verp is not None else None
+            factory = await trio.to_thread.run_sync(
+                functools.partial(build_factory, spec, return_path=return_path)
+            )
             settings = self._settings(spec)
+            zone = self.config.pacing.timezone if self.config.pacing else None
+            pacing = spec.limit_spec(zone) if zone is not None else spec.limit_spec()
         except CampaignSpecError as exc:
             await self._hold(campaign, f"cannot build the campaign's messages: {exc}")
             return
@@ -166,6 +221,8 @@ class Agent:
             stats=active.stats,
             metrics=self.metrics,
             exclusive=self.exclusive,
+            pacer=self.pacer,
+            pacing=pacing,
         )
         runner.on_events = self.on_events
         active.runner = runner
@@ -297,4 +354,5 @@ class Agent:
             "finished_campaigns": self.finished,
             "polls": self.poller.polls if self.poller else 0,
             "database_outage": self.ledger.in_outage,
+            "bounces_received": self.bounces.hard if self.bounces else None,
         }
