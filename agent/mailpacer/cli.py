@@ -406,6 +406,37 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_suppress(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "suppress",
+        help="the suppression list: addresses and domains never mailed",
+        description="Addresses (a@example.org) and domains (example.org) on this list are "
+        "never mailed: their recipients become 'suppressed' before rendering. Hard bounces "
+        "add addresses by themselves.",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        a = actions.add_parser(name, help=help_text, description=help_text)
+        a.add_argument("--db", default="sqlite:///./mailpacer.db", metavar="URL", help=DB_HELP)
+        a.add_argument("--json", action="store_true", help="machine-readable output")
+        return a
+
+    add = action("add", "suppress addresses or whole domains")
+    add.add_argument("values", nargs="+", metavar="ADDRESS|DOMAIN")
+    add.add_argument("--reason", help="e.g. unsubscribed, complaint")
+    add.add_argument("--source", help="where it came from (default operator)")
+    remove = action("remove", "take addresses or domains off the list")
+    remove.add_argument("values", nargs="+", metavar="ADDRESS|DOMAIN")
+    listing = action("list", "the list, oldest first, a page at a time")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--after", type=int, default=0, metavar="ID", help="the next page")
+    imp = action("import", "add every address or domain of a file (one per line, or a CSV)")
+    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument("--reason", help="e.g. unsubscribed")
+    imp.add_argument("--source", help="default import:FILENAME")
+
+
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
@@ -444,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_campaign(sub)
     _add_doctor(sub)
     _add_run(sub)
+    _add_suppress(sub)
     return parser
 
 
@@ -499,6 +531,22 @@ def main(argv: list[str] | None = None) -> int:
                     report_detail=args.report_detail,
                     report_source=args.report_source,
                     report_wait=args.report_wait,
+                )
+            )
+        if args.command == "suppress":
+            from mailpacer.commands.suppress import SuppressOptions, run_suppress
+
+            return run_suppress(
+                SuppressOptions(
+                    action=args.action,
+                    db=args.db,
+                    values=tuple(getattr(args, "values", ())),
+                    reason=getattr(args, "reason", None),
+                    source=getattr(args, "source", None),
+                    file=getattr(args, "file", None),
+                    limit=getattr(args, "limit", 100),
+                    after=getattr(args, "after", 0),
+                    as_json=args.json,
                 )
             )
         if args.command == "run":
