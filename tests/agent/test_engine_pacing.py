@@ -159,3 +159,44 @@ async def test_hard_bounces_are_suppressed_and_skipped_by_the_next_campaign(
     assert counts["sent"] == 20
     delivered_again = {rcpt for m in handler.messages[before:] for rcpt in m.rcpt_tos}
     assert not delivered_again & {"gone1@example.net", "gone2@x.org"}
+
+
+@dataclass
+class SessionCounter(TimedHandler):
+    """Counts SMTP sessions open at once (EHLO to the end of the connection)."""
+
+    open_now: int = 0
+    most: int = 0
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:  # fmt: skip
+        self.open_now += 1
+        self.most = max(self.most, self.open_now)
+        transport = server.transport
+        if transport is not None:
+            closed = server.connection_lost
+
+            def lost(exc: Exception | None) -> None:
+                self.open_now -= 1
+                closed(exc)
+
+            server.connection_lost = lost  # type: ignore[method-assign]
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+
+async def test_relay_connection_and_per_connection_caps(tmp_path: Path) -> None:
+    pacer = Pacer(
+        parse_pacing({"relays": {"*": {"max_connections": 2, "max_messages_per_connection": 25}}})
+    )
+    handler = SessionCounter()
+    addresses = [f"c{i}@example.net" for i in range(200)]
+    async with serving_aiosmtpd(handler) as server:
+        run = runner(tmp_path, server.url(), addresses, pacer)  # concurrency 4 asked
+        result = await run.run()
+    sessions = len({m.peer_port for m in handler.messages})
+    print(f"200 messages, at most {handler.most} sessions at once, {sessions} sessions")
+    assert result.run.get("sent") == 200
+    assert handler.most <= 2
+    assert sessions >= 200 // 25  # a session ends after 25 messages

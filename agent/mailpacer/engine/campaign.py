@@ -147,6 +147,7 @@ class CampaignRunner:
         self.pacer.add_campaign(stats.name, pacing or LimitSpec())
         self._groups: dict[str, str | None] = {}  # recipient domain -> domain group
         self._suppressions_checked = 0.0
+        self._slotted: set[int] = set()  # connections holding one of their relay's slots
         self.heartbeat = 0.0
         self.stopping = False
         self.interrupted = False
@@ -615,12 +616,16 @@ class CampaignRunner:
                     break
                 await trio.sleep(wait)
                 continue
+            slots = self.pacer.connection_slots(relay.name)  # max_connections of the relay
+            await slots.acquire(1)
+            opened = False
             try:
                 connection = await open_relay(
                     relay,
                     timeouts=self.settings.timeouts,
                     local_hostname=self.settings.local_hostname,
                 )
+                opened = True
             except SMTPAuthError as exc:
                 pool.failed(relay, str(exc))
                 raise CampaignAborted(str(exc)) from None
@@ -643,6 +648,13 @@ class CampaignRunner:
                     round_number = failures // count - 1
                     await trio.sleep(min(2.0**round_number, 10.0) * random.uniform(0.8, 1.2))
                 continue
+            finally:
+                if not opened:
+                    slots.release(1)
+            self._slotted.add(id(connection))
+            per_connection = self.pacer.max_messages_per_connection(relay.name)
+            if per_connection and not 0 < connection.max_messages <= per_connection:
+                connection.max_messages = per_connection
             connection.relay = relay  # its breaker is judged by the session's first outcome
             self.metrics.connections.labels(relay.name).inc()
             return connection
@@ -677,6 +689,10 @@ class CampaignRunner:
 
     async def _close(self, connection: SMTPConnection) -> None:
         self.metrics.connections.labels(connection.relay_name).dec()
+        if id(connection) in self._slotted:
+            self._slotted.discard(id(connection))
+            relay = connection.relay
+            self.pacer.connection_slots(relay.name if relay else connection.relay_name).release(1)
         with trio.CancelScope(shield=True):
             await connection.quit()
 
@@ -748,6 +764,12 @@ class CampaignRunner:
 
     # -- the whole run ---------------------------------------------------------------
 
+    def _workers(self) -> int:
+        """SMTP workers: ``concurrency``, but no more than the relays' connection caps allow
+        together (a worker waiting for a connection slot would hold its batch meanwhile)."""
+        caps = [self.pacer.connection_slots(r.name).total for r in self.settings.relays]
+        return int(min(self.settings.concurrency, sum(caps)))
+
     async def preflight(self) -> None:
         """Open one session before touching the ledger: an unreachable relay changes nothing."""
         self._spare.append(await self._connect(0))
@@ -781,7 +803,7 @@ class CampaignRunner:
                             async with trio.open_nursery() as pipeline:
                                 pipeline.start_soon(self._feed, conn_tx)
                                 async with conn_rx:
-                                    for worker in range(self.settings.concurrency):
+                                    for worker in range(self._workers()):
                                         pipeline.start_soon(self._worker, worker, conn_rx.clone())
                     finally:
                         self._closing = True
