@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mailpacer.ledger import Ledger, LedgerError, Outcome, RecipientState
+from mailpacer.ledger import CampaignState, Ledger, LedgerError, Outcome, RecipientState
 from mailpacer.ledger.migrations import MIGRATIONS, SCHEMA_VERSION
 from mailpacer.ledger.schema import recipients, schema_info
 
@@ -258,3 +258,31 @@ def test_two_agents_creating_the_same_campaign_get_the_same_one(ledger: Ledger) 
     assert again == first
     with pytest.raises(LedgerError, match=r"already exists .* with another sender or template"):
         ledger.create_campaign("same", sender="b@x.org", template_dir="/t", settings={})
+
+
+def test_an_agent_that_lost_its_lease_never_touches_the_new_holders_rows(
+    ledger: Ledger, cid: int
+) -> None:
+    """A slow agent's lease expires and another agent takes the rows over: the slow one is
+    told which rows it still holds, and its late outcomes (or releases) change nothing else."""
+    add(ledger, cid, ["a@x.org", "b@x.org", "c@x.org"])
+    ids = [c.id for c in ledger.claim(cid, "slow:1", 3, now=1000.0, lease_seconds=10)]
+    ledger.reclaim_expired(cid, now=1011.0)
+    taken = ledger.claim(cid, "other:2", 1, now=1011.0, lease_seconds=600)
+    assert [c.email for c in taken] == ["a@x.org"]
+    # all three leases are lost (b and c went back to pending, a to the other agent)
+    assert ledger.mark_sending_ids(ids, "slow:1", now=1012.0) == []
+    mine = [c.id for c in ledger.claim(cid, "slow:1", 2, now=1012.0, lease_seconds=600)]
+    assert sorted(mine) == sorted(ids[1:])  # b and c, claimed again
+    assert ledger.mark_sending_ids(ids, "slow:1", now=1013.0) == ids[1:]  # a is not its own
+    # late outcomes of the slow agent: a release of a (lost) and a result for b (held)
+    ledger.record(
+        [Outcome(ids[0], R.PENDING, None, "released", attempted=False),
+         Outcome(ids[1], R.SENT, 250, "250 ok")],
+        owner="slow:1",
+    )  # fmt: skip
+    assert status_of(ledger, cid) == {"a@x.org": "claimed", "b@x.org": "sent", "c@x.org": "sending"}
+    ledger.set_campaign_status(
+        cid, CampaignState.PAUSED, allowed_from=tuple(CampaignState), control="pause"
+    )
+    assert ledger.mark_sending_ids([ids[0]], "other:2", now=1014.0) is None  # paused

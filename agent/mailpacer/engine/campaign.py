@@ -299,9 +299,11 @@ class CampaignRunner:
         events = self._events_for(batch)
         try:
             if events:
-                await self.ledger.patiently(self.ledger.sync.record, batch, events)
+                await self.ledger.patiently(
+                    self.ledger.sync.record, batch, events, owner=self.owner
+                )
             else:
-                await self.ledger.patiently(self.ledger.sync.record, batch)
+                await self.ledger.patiently(self.ledger.sync.record, batch, owner=self.owner)
         except BaseException:
             self._outcomes[:0] = batch  # not written: keep them for the next try
             raise
@@ -538,13 +540,16 @@ class CampaignRunner:
                         ids = [_claimed(m).id for m in pending]
                         await self._wait_for_room()
                         marked = await ledger.patiently(
-                            ledger.sync.mark_sending, ids, self.owner, now=time.time()
+                            ledger.sync.mark_sending_ids, ids, self.owner, now=time.time()
                         )
-                        if marked < len(ids):  # paused/cancelled: hand nothing over
+                        if marked is None:  # paused/cancelled: hand nothing over
                             self._release(pending, "campaign paused or cancelled")
                             pending = []
                             self.stop()
                             self.interrupted = False  # exit 1, campaign left paused
+                        elif len(marked) < len(ids):
+                            pending = self._drop_lost(pending, set(marked))
+                            handed = self._settled + len(pending)
                         while pending:
                             await conn_tx.send(pending[:size])
                             pending = pending[size:]
@@ -555,6 +560,21 @@ class CampaignRunner:
                         # Marked (or maybe marked) but never handed over: back to pending.
                         self._release(pending, "stopped before sending")
                         raise
+
+    def _drop_lost(self, pending: list[OutboundMessage], marked: set[int]) -> list[OutboundMessage]:
+        """Messages whose lease expired and went to another agent: not ours to send, nor to
+        release (the new holder has them); they only leave this run's accounting."""
+        lost = [m for m in pending if _claimed(m).id not in marked]
+        log.warning(
+            "campaign %s: %d lease(s) expired and were taken over by another agent; "
+            "not sending those",
+            self._label,
+            len(lost),
+            extra={"event": "lease.lost", "campaign": self._label},
+        )
+        self._outstanding -= len(lost)
+        self._note_settled(len(lost))
+        return [m for m in pending if _claimed(m).id in marked]
 
     def _group_of(self, message: OutboundMessage) -> str | None:
         domain = message.recipient.rpartition("@")[2].lower()

@@ -392,6 +392,11 @@ class Ledger:
         self._claim_due = _Prepared(due, dialect)
         self._claim_fresh = _Prepared(fresh, dialect)
         self._record_many = _Prepared(self._record_stmt, dialect)
+        # The same, only while this agent still holds the lease: an agent whose lease expired
+        # (and was taken over) must not overwrite the new holder's row.
+        self._record_owned_many = _Prepared(
+            self._record_stmt.where(t.lease_owner == bindparam("owner")), dialect
+        )
         self._insert_many = _Prepared(
             self._insert_stmt.values({c: bindparam(c) for c in columns}), dialect
         )
@@ -999,6 +1004,29 @@ class Ledger:
                 owner=owner,
             )
 
+    @_retry_on_conflict
+    def mark_sending_ids(self, ids: Sequence[int], owner: str, *, now: float) -> list[int] | None:
+        """``mark_sending`` that says which rows: ``None`` when the campaign is paused or
+        cancelled (nothing marked), else the ids marked. An id missing from the list lost its
+        lease (expired and taken by another agent): it must not be sent, nor released."""
+        if not ids:
+            return []
+        with self._write() as conn:
+            if self._campaign_of_paused(conn, ids[0]):
+                return None
+            marked = self._update_ids(
+                conn, "status=%s, updated_at=%s", (R.SENDING.value, now), ids, owner=owner
+            )
+            if marked == len(ids):
+                return list(ids)
+            p = self._placeholder
+            rows = conn.exec_driver_sql(
+                f"SELECT id FROM recipients WHERE id IN ({','.join([p] * len(ids))}) "
+                f"AND status = {p} AND lease_owner = {p}",
+                (*ids, R.SENDING.value, owner),
+            ).all()
+        return [int(r[0]) for r in rows]
+
     def _update_ids(
         self,
         conn: Connection,
@@ -1039,9 +1067,12 @@ class Ledger:
         self,
         outcomes: Iterable[Outcome],
         events_: Sequence[tuple[int | None, int | None, str, Mapping[str, Any]]] = (),
+        *,
+        owner: str | None = None,
     ) -> int:
         """Write a batch of outcomes in one transaction, with their outbox events if given
-        (so an outcome and the event that reports it are never one without the other)."""
+        (so an outcome and the event that reports it are never one without the other).
+        ``owner``: only rows whose lease this agent still holds are changed."""
         now = time.time()
         params = [
             {
@@ -1059,8 +1090,11 @@ class Ledger:
         ]
         if not params:
             return 0
+        if owner is not None:
+            for row in params:
+                row["owner"] = owner
         with self._write() as conn:
-            self._record_many.run(conn, params)
+            (self._record_many if owner is None else self._record_owned_many).run(conn, params)
             if events_:
                 self._insert_events(conn, events_, now)
         return len(params)
