@@ -161,6 +161,14 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the TXT record published for the selector: the key is checked against it",
     )
     p.add_argument(
+        "--render-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="render personalized messages in N worker processes (use the other cores; "
+        "default 0: in the sending process)",
+    )
+    p.add_argument(
         "--pacing",
         type=Path,
         metavar="FILE.toml",
@@ -514,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                     http=args.http,
                     wait_deferred=args.wait_deferred,
                     pacing=args.pacing,
+                    render_workers=args.render_workers,
                     max_consecutive_failures=args.max_consecutive_failures,
                     progress=args.progress,
                     dkim_key=args.dkim_key,

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import trio
 
-from mailpacer.campaign_spec import CampaignSpecError, load_dkim, parse_sender
+from mailpacer.campaign_spec import CampaignSpec, CampaignSpecError, load_dkim, parse_sender
 from mailpacer.commands import EXIT, UsageError
 from mailpacer.config import (
     ConfigError,
@@ -36,6 +36,7 @@ from mailpacer.config import (
 )
 from mailpacer.engine.campaign import CampaignAborted, CampaignRunner, EngineSettings, RunResult
 from mailpacer.engine.progress import ProgressDisplay, format_duration
+from mailpacer.engine.render_pool import RenderPool
 from mailpacer.engine.stats import CampaignStats
 from mailpacer.http.app import OperatorApp
 from mailpacer.http.health import HealthState
@@ -106,6 +107,7 @@ class SendOptions:
     report_source: str = "mailpacer"  # names this ledger's event sequence at the receiver
     report_wait: str = "30s"  # at the end, wait this long for undelivered events
     pacing: Path | None = None  # a TOML file with a [pacing] table (docs/pacing.md)
+    render_workers: int = 0  # render in this many worker processes (0: in the sender)
 
 
 @dataclass
@@ -580,6 +582,7 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
     except LedgerError as exc:
         raise UsageError(str(exc)) from None
     lock = LedgerLock(ledger.sqlite_path) if ledger.sqlite_path is not None else None
+    stack = contextlib.ExitStack()
     try:
         if lock is not None:
             lock.acquire()
@@ -602,6 +605,9 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         )
         stats = CampaignStats(campaign.name)
         metrics = Metrics()
+        pool = _render_pool(opts, prep)
+        if pool is not None:
+            stack.callback(pool.close)
         runner = CampaignRunner(
             AsyncLedger(ledger),
             campaign.id,
@@ -613,6 +619,7 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             exclusive=lock is not None,
             pacer=Pacer(prep.pacing) if prep.pacing is not None else None,
             pacing=prep.campaign_pacing,
+            render_pool=pool,
         )
         show_progress = opts.progress if opts.progress is not None else err.isatty()
         if opts.json:
@@ -674,9 +681,29 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         _summary(out, err, opts, ledger, campaign, counts, result, report, aborted, code)
         return code
     finally:
+        stack.close()
         if lock is not None:
             lock.release()
         ledger.dispose()
+
+
+def _render_pool(opts: SendOptions, prep: Prepared) -> RenderPool | None:
+    """``--render-workers N``: personalization in N processes beside the SMTP loop."""
+    if opts.render_workers <= 0:
+        return None
+    if opts.render_workers > 64:
+        raise UsageError(f"--render-workers {opts.render_workers}: at most 64")
+    spec = CampaignSpec(
+        name=prep.campaign_name,
+        sender=opts.sender,
+        template=opts.template,
+        message=opts.message,
+        unsubscribe_url=opts.unsubscribe_url,
+        dkim_key=opts.dkim_key,
+        dkim_selector=opts.dkim_selector,
+        dkim_domain=opts.dkim_domain,
+    )
+    return RenderPool(spec, opts.render_workers)
 
 
 def _event_states(prep: Prepared) -> frozenset[str]:

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from mailpacer.config import Rate, RelayConfig
+from mailpacer.engine.render_pool import RenderPool
 from mailpacer.engine.stats import CampaignStats
 from mailpacer.ledger.states import RecipientState
 from mailpacer.ledger.store import Claimed, Outcome
@@ -127,6 +128,7 @@ class CampaignRunner:
         exclusive: bool = True,
         pacer: Pacer | None = None,
         pacing: LimitSpec | None = None,
+        render_pool: RenderPool | None = None,
     ) -> None:
         """``pacer``: the agent's rate-limit hierarchy, shared by its campaigns (default: one
         of this run's own); ``pacing``: this campaign's level in it (default: ``rate`` and
@@ -141,6 +143,7 @@ class CampaignRunner:
         self.stats = stats
         self.metrics = metrics or Metrics()
         self.exclusive = exclusive
+        self.render_pool = render_pool  # render in worker processes (personalized campaigns)
         self.pacer = pacer if pacer is not None else Pacer()
         if pacing is None and settings.rate is not None:
             pacing = LimitSpec(rate=settings.rate, burst=settings.burst)
@@ -479,6 +482,9 @@ class CampaignRunner:
         wants_variables = self.factory.uses_variables
         async with render_rx, ready_tx:
             async for rows in render_rx:
+                if self.render_pool is not None:
+                    await self._render_elsewhere(rows, ready_tx, chunk)
+                    continue
                 ready: list[OutboundMessage] = []
                 failed: list[Outcome] = []
                 for n, row in enumerate(rows, 1):
@@ -507,6 +513,37 @@ class CampaignRunner:
                     self._count_failures(failed)  # a template failing everyone stops the run
                 if ready:
                     await ready_tx.send(ready)
+
+    async def _render_elsewhere(
+        self,
+        rows: list[Claimed],
+        ready_tx: trio.MemorySendChannel[list[OutboundMessage]],
+        chunk: int,
+    ) -> None:
+        """The same as rendering here, in the render pool's processes."""
+        assert self.render_pool is not None
+        failed: list[Outcome] = []
+        for start in range(0, len(rows), chunk * self.render_pool.workers):
+            part = rows[start : start + chunk * self.render_pool.workers]
+            results = await self.render_pool.render(
+                [(r.id, r.email, r.variables, r.source_row) for r in part]
+            )
+            ready: list[OutboundMessage] = []
+            for row, done in zip(part, results, strict=True):
+                if done.error is not None:
+                    failed.append(Outcome(row.id, R.FAILED, None, done.error, attempted=False))
+                    self._event_emails[row.id] = row.email
+                    continue
+                message = OutboundMessage(
+                    done.sender, row.email, done.payload, done.size, done.eight_bit, done.smtputf8
+                )
+                message.tag = row
+                ready.append(message)
+            for i in range(0, len(ready), chunk):
+                await ready_tx.send(ready[i : i + chunk])
+        if failed:
+            self._collect(failed)
+            self._count_failures(failed)
 
     async def _dispatcher(
         self,
