@@ -152,7 +152,9 @@ def test_agent_sends_queued_campaigns_and_obeys_pause_and_resume(tmp_path: Path)
             picked_up = time.monotonic() - started
             paused = mailpacer("campaign", "pause", "drip", "--db", db)
             assert paused.returncode == 0, paused.stderr
+            at_pause = sum(delivered(store).values())
             held = settle(store)
+            after_pause = held - at_pause  # in flight, or dispatched before the next check
             assert held < 400, "the pause did not stop the campaign"
             time.sleep(1.0)
             assert sum(delivered(store).values()) == held  # nothing more while paused
@@ -174,7 +176,11 @@ def test_agent_sends_queued_campaigns_and_obeys_pause_and_resume(tmp_path: Path)
             stopped_at = time.monotonic()
             assert running.stop() == 0
             assert time.monotonic() - stopped_at < 10
-    print(f"picked up and sending {picked_up:.1f} s after create; {held} sent before the pause")
+    print(
+        f"picked up and sending {picked_up:.1f} s after create; {held} sent before the pause, "
+        f"{after_pause} of them after `campaign pause` returned (at 40/s)"
+    )
+    assert after_pause <= 40  # within about a second of the pause: one claim slice at most
     received = delivered(store)
     assert sorted(received) == sorted(emails)
     assert set(received.values()) == {1}  # each exactly once
