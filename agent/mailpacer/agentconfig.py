@@ -56,6 +56,8 @@ class AgentConfig:
     report: ReportSettings | None = None
     api_token: str | None = field(default=None, repr=False)
     api_read_token: str | None = field(default=None, repr=False)
+    api_file_roots: tuple[Path, ...] = ()  # where API-created campaigns' files may come from
+    api_max_upload: int = 64 * 1024 * 1024  # bytes of one recipients upload
     pacing: PacingConfig | None = None  # [pacing]: the hierarchy (docs/pacing.md)
     bounces: BounceSettings | None = None
     source: str = "<defaults>"
@@ -80,7 +82,7 @@ _AGENT_KEYS = {
 }  # fmt: skip
 _RELAY_KEYS = {"url", "username", "password_file", "priority", "weight"}
 _REPORT_KEYS = {"url", "secret_file", "detail", "source"}
-_API_KEYS = {"token_file", "read_token_file"}
+_API_KEYS = {"token_file", "read_token_file", "file_roots", "max_upload_mb"}
 
 
 def _read_secret(path_text: Any, where: str) -> str:
@@ -213,6 +215,16 @@ def _report(table: Any) -> ReportSettings | None:
     )
 
 
+def _roots(value: Any) -> tuple[Path, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError('[api].file_roots: a list of directories, e.g. ["/srv/templates"]')
+    roots = tuple(Path(v) for v in value)
+    for root in roots:
+        if not root.is_absolute():
+            raise ConfigError(f"[api].file_roots: {str(root)!r} is not an absolute path")
+    return roots
+
+
 def _bounces(table: Any) -> BounceSettings | None:
     if table is None:
         return None
@@ -292,6 +304,8 @@ def _parse(document: dict[str, Any], source: str) -> AgentConfig:
             if "read_token_file" in api
             else None
         ),
+        api_file_roots=_roots(api.get("file_roots", [])),
+        api_max_upload=_int(api, "max_upload_mb", "[api]", 64, 1, 100_000) * 1024 * 1024,
         pacing=parse_pacing(document["pacing"]) if "pacing" in document else None,
         bounces=_bounces(document.get("bounces")),
         source=source,

@@ -91,6 +91,7 @@ async def served(
             read_token=read_token,
             wake=lambda: wakes.append(trio.current_time()),
             upload_dir=uploads,
+            file_roots=limits.pop("file_roots", (TEMPLATE.parent, tmp_path)),
             **limits,
         )
         if api

@@ -17,7 +17,7 @@ import trio.lowlevel
 
 from mailpacer.ledger.schema import recipients
 
-from .conftest import READ, WRITE, auth, csv_bytes, served, spec, upload
+from .conftest import READ, TEMPLATE, WRITE, auth, csv_bytes, served, spec, upload
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -236,7 +236,7 @@ async def test_bad_requests_are_4xx_json_and_change_nothing(tmp_path: Path) -> N
             (spec("x", burst=0), "burst"),
             (spec("x", paused="yes"), "paused"),
             (spec("x", guard_bounce_rate=5), "guard_bounce_rate"),
-            (spec("x", template="/nonexistent/templates"), "nonexistent"),
+            (spec("x", template=str(TEMPLATE.parent / "nonexistent")), "nonexistent"),
             (spec("x", **{"from": "not an address"}), "from"),
             (spec("x", message="/etc/hostname"), "exactly one of template"),
         ]:
@@ -424,3 +424,25 @@ async def test_a_long_import_does_not_block_health_or_other_calls(tmp_path: Path
     )
     assert len(latencies) >= 5
     assert latencies[-1] < 1.0
+
+
+async def test_campaign_files_must_come_from_the_allowed_roots(tmp_path: Path) -> None:
+    """A write token must not be enough to have any readable file of the host mailed out."""
+    secret = tmp_path / "elsewhere" / "secret.eml"
+    secret.parent.mkdir()
+    secret.write_text("From: a@b\n\nthe host's secrets\n")
+    async with served(tmp_path, file_roots=(TEMPLATE.parent,)) as s:
+        leak = {k: v for k, v in spec().items() if k != "template"}
+        leak["message"] = str(secret)
+        refused = await s.client.post("/campaigns", files=upload(leak, csv_bytes(3)))
+        assert_error(refused, 403, "outside the directories in [api].file_roots")
+        sneaky = {**spec(), "template": str(TEMPLATE.parent / ".." / "elsewhere")}
+        refused = await s.client.post("/campaigns", files=upload(sneaky, csv_bytes(3)))
+        assert_error(refused, 403, "outside")
+        assert (await s.client.get("/campaigns")).json()["campaigns"] == []
+        fine = await s.client.post("/campaigns", files=upload(spec(), csv_bytes(3)))
+        assert fine.status_code == 201, fine.text
+    (tmp_path / "none").mkdir()
+    async with served(tmp_path / "none", file_roots=()) as s:
+        refused = await s.client.post("/campaigns", files=upload(spec(), csv_bytes(3)))
+        assert_error(refused, 403, "allows no files")

@@ -10,7 +10,7 @@ import httpx
 
 from ..e2e.test_crash_kill import delivered, ledger_rows, sink_process
 from ..e2e.test_run_agent import agent, settle, wait_for, write_config
-from .conftest import READ, WRITE, auth, csv_bytes, spec, upload
+from .conftest import READ, TEMPLATE, WRITE, auth, csv_bytes, spec, upload
 
 
 def test_campaign_created_paused_and_resumed_through_the_api(tmp_path: Path) -> None:
@@ -25,6 +25,7 @@ def test_campaign_created_paused_and_resumed_through_the_api(tmp_path: Path) -> 
             f.write(
                 f'\n[api]\ntoken_file = "{tmp_path / "api-token"}"\n'
                 f'read_token_file = "{tmp_path / "api-read-token"}"\n'
+                f'file_roots = ["{TEMPLATE.parent}"]\n'
             )
         with agent(config, tmp_path) as running:
             assert "control API on" in running.log.read_text()

@@ -227,6 +227,8 @@ def _control_api(config: AgentConfig, ledger: AsyncLedger, agent: Agent) -> Cont
         read_token=config.api_read_token,
         wake=wake,
         upload_dir=upload_dir,
+        file_roots=config.api_file_roots,
+        max_upload=config.api_max_upload,
     )
 
 

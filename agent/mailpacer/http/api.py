@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -226,7 +226,11 @@ class ControlApi:
         max_json: int = MAX_JSON,
         max_upload: int = MAX_UPLOAD,
         upload_dir: Path | None = None,
+        file_roots: Sequence[Path] = (),
     ) -> None:
+        """``file_roots``: the only directories a created campaign's template, message and
+        DKIM key may come from (none: the API creates no campaign), so a token holder
+        cannot have any readable file of the host mailed out."""
         self.ledger = ledger
         self._token = token.encode() if token else None
         self._read_token = read_token.encode() if read_token else None
@@ -234,7 +238,30 @@ class ControlApi:
         self.max_json = max_json
         self.max_upload = max_upload
         self.upload_dir = upload_dir
+        self.file_roots = tuple(Path(r).resolve() for r in file_roots)
         self._creating = trio.CapacityLimiter(1)  # one import at a time, beside the limiter
+
+    def _check_files(self, spec: CampaignSpec) -> None:
+        if (spec.template is None) == (spec.message is None):
+            return  # refused as a bad request before any file is read
+        for key, path in (
+            ("template", spec.template),
+            ("message", spec.message),
+            ("dkim_key", spec.dkim_key),
+        ):
+            if path is None:
+                continue
+            if not self.file_roots:
+                raise ApiError(
+                    403,
+                    f"{key}: this agent allows no files to campaigns created through the API "
+                    "(set [api].file_roots)",
+                )
+            resolved = path.resolve()
+            if not any(resolved.is_relative_to(root) for root in self.file_roots):
+                raise ApiError(
+                    403, f"{key}: {str(path)!r} is outside the directories in [api].file_roots"
+                )
 
     @property
     def enabled(self) -> bool:
@@ -490,6 +517,7 @@ class ControlApi:
         try:
             spec_bytes, filename = await self._receive_upload(request, boundary, upload)
             spec, paused = _spec_from_json(_parse_object(spec_bytes, "the 'spec' part"))
+            self._check_files(spec)
             created = await self._create(spec, upload, filename, paused)
         finally:
             with trio.CancelScope(shield=True):
