@@ -406,6 +406,10 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--relay", dest="relays", action="append", default=[], metavar="URL", help="repeatable"
     )
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="default: the working directory")
+    p.add_argument(
+        "--report-url", metavar="URL", help="the main server: post a signed, empty report"
+    )
+    p.add_argument("--report-secret-file", type=Path, metavar="FILE", help="its HMAC secret")
     p.add_argument("--tuning-json", type=Path, metavar="FILE", help=argparse.SUPPRESS)
     p.add_argument("--scratch", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     p.add_argument(
@@ -655,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
                     scratch=args.scratch,
                     timeout=args.timeout,
                     config=args.config,
+                    report_url=args.report_url,
+                    report_secret_file=args.report_secret_file,
                 )
             )
     except UsageError as exc:

@@ -49,6 +49,9 @@ class DoctorOptions:
     scratch: Path | None = None
     timeout: float = 10.0
     config: Path | None = None  # the agent's TOML: its database, relays, data and scratch dirs
+    report_url: str | None = None  # the main server's progress endpoint
+    report_secret_file: Path | None = None
+    report: Any = None  # ReportConfig, from the above or the config's [report]
 
 
 @dataclass
@@ -186,6 +189,32 @@ async def check_relay(relay: RelayConfig, limit: float) -> Check:
     return Check("relay", relay.name, "ok", detail, data)
 
 
+# -- the main server ------------------------------------------------------------------
+
+
+async def check_main_server(config: Any, limit: float) -> Check:
+    """POST a signed, counters-only progress report (no events, nothing changes at the
+    receiver): reachable, TLS, and the signature accepted."""
+    from dataclasses import replace
+
+    from mailpacer.report.client import ReportClient
+    from mailpacer.report.protocol import build_document
+
+    shown = config.url.split("?", 1)[0]
+    document = build_document(
+        source=config.source, first=None, last=None, events=[], campaigns=[],
+        sent_at=time.time(), backlog=0,
+    )  # fmt: skip
+    started = time.perf_counter()
+    async with ReportClient(replace(config, request_deadline=limit)) as client:
+        attempt = await client.post(document)
+    elapsed = time.perf_counter() - started
+    if not attempt.ok:
+        return Check("report", shown, "fail", attempt.reason or f"HTTP {attempt.status}")
+    detail = f"HTTP {attempt.status} in {_ms(elapsed)}: reachable, signature accepted"
+    return Check("report", shown, "ok", detail, {"status": attempt.status})
+
+
 # -- host -----------------------------------------------------------------------------
 
 
@@ -301,6 +330,8 @@ async def _run_checks(opts: DoctorOptions, relays: list[RelayConfig]) -> list[Ch
             nursery.start_soon(one, i, check_database(url, opts.timeout))
         for i, relay in enumerate(relays):
             nursery.start_soon(one, 1000 + i, check_relay(relay, opts.timeout))
+        if opts.report is not None:
+            nursery.start_soon(one, 5000, check_main_server(opts.report, opts.timeout))
         nursery.start_soon(host)
     return [check for key in sorted(results) for check in results[key]]
 
@@ -329,6 +360,18 @@ def run_doctor(opts: DoctorOptions, out: TextIO = sys.stdout) -> int:
 
             agent = load_agent_config(opts.config)
             relays = list(agent.relays) + relays
+            if agent.report is not None and opts.report_url is None:
+                from mailpacer.report.config import ReportConfig
+
+                opts = replace(
+                    opts,
+                    report=ReportConfig(
+                        url=agent.report.url,
+                        secret=agent.report.secret,
+                        source=agent.report.source,
+                        detail=agent.report.detail,  # type: ignore[arg-type]
+                    ),
+                )
             opts = replace(
                 opts,
                 dbs=[agent.db, *opts.dbs],
@@ -337,6 +380,20 @@ def run_doctor(opts: DoctorOptions, out: TextIO = sys.stdout) -> int:
             )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    if opts.report_url is not None:
+        from dataclasses import replace as _replace
+
+        from mailpacer.report.config import ReportConfig, ReportConfigError
+
+        if opts.report_secret_file is None:
+            raise UsageError("--report-url needs --report-secret-file FILE")
+        try:
+            secret = opts.report_secret_file.read_bytes().strip()
+            opts = _replace(opts, report=ReportConfig(url=opts.report_url, secret=secret))
+        except OSError as exc:
+            raise UsageError(f"cannot read --report-secret-file: {exc.strerror}") from None
+        except ReportConfigError as exc:
+            raise UsageError(str(exc).replace("report.", "--report-", 1)) from None
     if opts.timeout <= 0:
         raise UsageError(f"--timeout {opts.timeout:g}: must be greater than zero")
     checks = trio.run(_run_checks, opts, relays)
