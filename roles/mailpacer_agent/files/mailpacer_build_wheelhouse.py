@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -100,12 +99,25 @@ def build(source: Path, target: Path, python: str) -> None:
                 tar.addfile(info, handle)
 
 
+def prune(cache: Path, keep: int, current: Path) -> None:
+    """Keep the newest ``keep`` releases in the cache (and always ``current``)."""
+    releases = sorted(
+        (p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in releases[keep:]:
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("cache", type=Path)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--keep", type=int, default=5, help="releases kept in the cache")
     args = parser.parse_args()
     source = args.source.resolve()
     meta = tomllib.loads((source / "pyproject.toml").read_text())["project"]
@@ -127,6 +139,7 @@ def main() -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         built = True
+        prune(args.cache, keep=args.keep, current=final)
     wheels = sorted(p.name for p in (final / "wheelhouse").glob("*.whl"))
     result = {
         "name": name,
