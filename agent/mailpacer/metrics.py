@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -132,9 +132,40 @@ class _StateCollector(Collector):
                     "When the database last answered a probe (Unix time).",
                     value=db.last_success,
                 )
+        if m.ledger is not None:
+            yield from _ledger_families(m.ledger)
         yield from _disk_families(m.disks)
         if m.host is not None:
             yield from _host_families(m.host)
+
+
+def _ledger_families(ledger: Any) -> Iterator[Metric]:
+    """The ledger's connection pool and how long calls waited for it (from memory)."""
+    pool = GaugeMetricFamily(
+        "mailpacer_db_pool_connections",
+        "Connections of the ledger's pool: in use, idle, and the pool's size.",
+        labels=["state"],
+    )
+    engine_pool = ledger.sync.engine.pool
+    for state, read in (("in_use", "checkedout"), ("idle", "checkedin"), ("size", "size")):
+        value = getattr(engine_pool, read, None)
+        if callable(value):
+            pool.add_metric([state], float(value()))
+    yield pool
+    wait = CounterMetricFamily(
+        "mailpacer_db_wait_seconds",
+        "Time ledger calls waited for a worker thread / pooled connection.",
+    )
+    wait.add_metric([], ledger.waited_seconds)
+    yield wait
+    calls = CounterMetricFamily("mailpacer_db_calls", "Ledger calls made by the agent.")
+    calls.add_metric([], float(ledger.calls))
+    yield calls
+    yield GaugeMetricFamily(
+        "mailpacer_db_outage",
+        "1 while ledger calls are waiting out a database outage (sending is paused).",
+        value=1.0 if ledger.in_outage else 0.0,
+    )
 
 
 def _disk_families(disks: dict[str, DiskState]) -> Iterator[Metric]:
@@ -249,6 +280,13 @@ class Metrics:
         self.connections = Gauge(
             "mailpacer_smtp_connections", "Open SMTP connections.", ["relay"], registry=r
         )
+        self.replies = Counter(
+            "mailpacer_smtp_replies",
+            "Recipients' final SMTP replies by relay and reply class (2xx, 4xx, 5xx; 'none' "
+            "when the connection was lost before an answer).",
+            ["campaign", "relay", "reply_class"],
+            registry=r,
+        )
         self.connect_failures = Counter(
             "mailpacer_smtp_connect_failures",
             "Failed attempts to open an SMTP session.",
@@ -299,6 +337,7 @@ class Metrics:
         self.relays = RelayRegistry()
         self.campaigns: list[CampaignProgress] = []
         self.database: DatabaseStatus | None = None
+        self.ledger: Any = None  # the AsyncLedger, for pool and wait figures
         self.disks: dict[str, DiskState] = {}
         self.host: HostState | None = None
         r.register(_StateCollector(self))

@@ -173,6 +173,14 @@ def test_agent_sends_queued_campaigns_and_obeys_pause_and_resume(tmp_path: Path)
             assert health.status_code == 200, health.text
             metrics = httpx.get(f"{running.url}/metrics", timeout=5).text
             assert 'mailpacer_messages_total{campaign="drip",result="sent"} 400.0' in metrics
+            assert re.search(
+                r'mailpacer_smtp_replies_total\{campaign="drip",relay="smtp://127\.0\.0\.1:\d+",'
+                r'reply_class="2xx"\} 400\.0',
+                metrics,
+            )
+            assert 'mailpacer_db_pool_connections{state="size"}' in metrics
+            assert re.search(r"mailpacer_db_calls_total [1-9]", metrics)
+            assert "mailpacer_db_outage 0.0" in metrics
             stopped_at = time.monotonic()
             assert running.stop() == 0
             assert time.monotonic() - stopped_at < 10

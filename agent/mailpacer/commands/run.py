@@ -136,6 +136,7 @@ async def _serve(
 ) -> int:
     metrics = Metrics()
     async_ledger = AsyncLedger(ledger)
+    metrics.ledger = async_ledger
     agent = Agent(
         config, async_ledger, metrics, exclusive=exclusive, event_states=_event_states(report)
     )

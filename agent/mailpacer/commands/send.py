@@ -608,8 +608,10 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         pool = _render_pool(opts, prep)
         if pool is not None:
             stack.callback(pool.close)
+        async_ledger = AsyncLedger(ledger)
+        metrics.ledger = async_ledger
         runner = CampaignRunner(
-            AsyncLedger(ledger),
+            async_ledger,
             campaign.id,
             prep.factory,
             settings,

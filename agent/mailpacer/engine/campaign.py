@@ -225,8 +225,11 @@ class CampaignRunner:
         outcomes = []
         observe = self.metrics.transaction_seconds.observe
         pacer = self.pacer
+        replies = self.metrics.replies
         for result in results:
             claimed = _claimed(result.message)
+            code = result.reply.code if result.reply is not None else None
+            replies.labels(self._label, relay or "", f"{code // 100}xx" if code else "none").inc()
             retry_after = None
             if result.reply is not None:
                 # Replies drive the pace: throttles cut the relay's / group's rate (AIMD),

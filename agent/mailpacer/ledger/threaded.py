@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -46,11 +46,18 @@ class AsyncLedger:
         self.outage_since: float | None = None  # trio time the current outage began
         self.outages = 0  # outages seen (each logged once)
         self.max_backoff = 10.0
+        self.calls = 0
+        self.waited_seconds = 0.0  # for a worker thread (the limiter is sized to the pool)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self.limiter
-        )
+        self.calls += 1
+        asked = time.perf_counter()
+
+        def call() -> T:
+            self.waited_seconds += time.perf_counter() - asked
+            return fn(*args, **kwargs)
+
+        return await trio.to_thread.run_sync(call, limiter=self.limiter)
 
     async def patiently(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``run``, waiting out a database outage: exponential backoff with jitter
