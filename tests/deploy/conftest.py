@@ -22,9 +22,12 @@ import pytest
 
 from tests.tuner.conftest import BIN, HOSTS, REPO, NspawnHost, testhost_unavailable
 
-NAME = "mpdeploy"
-NET = "10.231.8"
-STATE = "/tmp/mailpacer-deployhost"
+# One host per test run, named after the process: two runs at once (a developer's and CI's on
+# the same machine) never tear down each other's host. MAILPACER_DEPLOY_TESTHOST_SLOT picks it.
+SLOT = int(os.environ.get("MAILPACER_DEPLOY_TESTHOST_SLOT", os.getpid() % 100))
+NAME = f"mpdeploy{SLOT}"
+NET = f"10.231.{100 + SLOT}"  # the tuner's host uses 10.231.7
+STATE = f"/tmp/mailpacer-deployhost-{SLOT}"
 CONTROLLER_IP = f"{NET}.1"
 GUEST_IP = f"{NET}.2"
 AGENT_PORT = 9108
@@ -66,7 +69,9 @@ def deployhost() -> Iterator[NspawnHost]:
     try:
         yield host
     finally:
-        subprocess.run(["bash", str(HOSTS / "down.sh")], env=env, capture_output=True, check=False)
+        subprocess.run(
+            ["bash", str(HOSTS / "down.sh"), "--all"], env=env, capture_output=True, check=False
+        )
 
 
 def free_port(address: str) -> int:

@@ -182,6 +182,23 @@ def test_missing_relay_and_password_in_url_fail_before_any_change(deployment: De
     assert nothing_installed(deployment.host)
 
 
+def test_check_mode_on_a_fresh_host_shows_the_plan_and_installs_nothing(
+    deployment: Deployment,
+) -> None:
+    run = deployment.run("deploy.yml", "--check", "--diff")
+    assert run.rc == 0, run.out[-5000:]
+    plan = [
+        "Install | check mode, would install 0.1.0-",
+        f'+db = "{DB}"',
+        "+Type=notify",
+        "+ProtectSystem=strict",
+        f"+ExecStart={MAILPACER} run --config /etc/mailpacer/agent.toml",
+    ]
+    missing = [line for line in plan if line not in run.out]
+    assert missing == [], run.out[-5000:]
+    assert nothing_installed(deployment.host)
+
+
 # --- site.yml: tune + deploy, a healthy agent
 
 
@@ -272,7 +289,7 @@ def test_prometheus_wiring(deployment: Deployment, tmp_path: Path) -> None:
     assert file_sd == [
         {
             "targets": [f"{GUEST_IP}:{AGENT_PORT}"],
-            "labels": {"instance": "mpdeploy", "fleet": "e2e"},
+            "labels": {"instance": NAME, "fleet": "e2e"},
         }
     ]
     rules = deployment.prom_dir / "rules" / "mailpacer-alerts.yml"
@@ -297,7 +314,7 @@ def test_prometheus_wiring(deployment: Deployment, tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        query = 'mailpacer_messages_total{job="mailpacer",instance="mpdeploy",result="sent"}'
+        query = f'mailpacer_messages_total{{job="mailpacer",instance="{NAME}",result="sent"}}'
         deadline = time.monotonic() + 30
         result: list[dict[str, object]] = []
         while time.monotonic() < deadline and not result:
@@ -323,6 +340,12 @@ def test_second_site_run_changes_nothing(deployment: Deployment) -> None:
     assert run.rc == 0, run.out[-5000:]
     assert changes(run) == {NAME: 0, "localhost": 0}, changed_tasks(run)
     assert deployment.starts_since(since) == 0
+
+
+def test_check_mode_on_the_deployed_host_changes_nothing(deployment: Deployment) -> None:
+    run = deployment.run("deploy.yml", "--check", "--diff")
+    assert run.rc == 0, run.out[-5000:]
+    assert changes(run) == {NAME: 0, "localhost": 0}, changed_tasks(run)
 
 
 def test_verify_checks_the_agent(deployment: Deployment) -> None:
