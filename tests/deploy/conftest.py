@@ -8,6 +8,7 @@ when nspawn is impossible here; MAILPACER_REQUIRE_TESTHOST=1 turns that into a f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 
@@ -82,7 +84,7 @@ def free_port(address: str) -> int:
 
 @dataclass
 class Peer:
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     port: int
     store: Path | None = None
 
@@ -91,55 +93,48 @@ class Peer:
         return sorted(p for p in self.store.rglob("*") if p.is_file())
 
 
-def _start(cmd: list[str], ready: str, timeout: float = 20) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if ready in line:
-            return process
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"{cmd} did not start: {process.stdout.read()}")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+@contextlib.contextmanager
+def running(cmd: list[str], ready: str, log: Path, timeout: float = 20) -> Iterator[Popen[bytes]]:
+    """Start ``cmd`` with its output in ``log``; wait for ``ready`` in it; stop it at the end."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while ready not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{cmd} did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
 
 
 @pytest.fixture(scope="module")
 def sink(deployhost: NspawnHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
     """The built-in SMTP sink on the controller's end of the veth, keeping every message."""
-    store = tmp_path_factory.mktemp("sink")
+    work = tmp_path_factory.mktemp("sink")
+    (work / "store").mkdir()
     port = free_port(CONTROLLER_IP)
-    process = _start(
-        [sys.executable, "-m", "mailpacer", "sink", "--listen", f"{CONTROLLER_IP}:{port}",
-         "--store", str(store)],
-        "listening on",
-    )  # fmt: skip
-    try:
-        yield Peer(process, port, store)
-    finally:
-        _stop(process)
+    cmd = [sys.executable, "-m", "mailpacer", "sink", "--listen", f"{CONTROLLER_IP}:{port}",
+           "--store", str(work / "store")]  # fmt: skip
+    with running(cmd, "listening on", work / "sink.log") as process:
+        yield Peer(process, port, work / "store")
 
 
 @pytest.fixture(scope="module")
-def refusing_relay(deployhost: NspawnHost) -> Iterator[Peer]:
+def refusing_relay(
+    deployhost: NspawnHost, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Peer]:
     """A relay on the controller's end of the veth that refuses every AUTH."""
+    work = tmp_path_factory.mktemp("relay")
     port = free_port(CONTROLLER_IP)
     script = Path(__file__).with_name("relay_refusing_auth.py")
-    process = _start([sys.executable, str(script), CONTROLLER_IP, str(port)], "listening on")
-    try:
+    cmd = [sys.executable, str(script), CONTROLLER_IP, str(port)]
+    with running(cmd, "listening on", work / "relay.log") as process:
         yield Peer(process, port)
-    finally:
-        _stop(process)
