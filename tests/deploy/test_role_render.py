@@ -27,7 +27,9 @@ from tests.tuner.conftest import BIN, REPO, ansible_env
 ROLE = REPO / "roles" / "mailpacer_agent"
 
 
-def playbook(tmp_path: Path, plays: list[dict[str, object]], inventory: str = "") -> str:
+def playbook(
+    tmp_path: Path, plays: list[dict[str, object]], inventory: str = "", *args: str
+) -> str:
     book = tmp_path / "render.yml"
     book.write_text(yaml.safe_dump(plays, sort_keys=False))
     hosts = tmp_path / "hosts.ini"
@@ -35,7 +37,7 @@ def playbook(tmp_path: Path, plays: list[dict[str, object]], inventory: str = ""
         inventory or f"localhost ansible_connection=local ansible_python_interpreter={BIN}/python\n"
     )
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(hosts), str(book)],
+        [str(BIN / "ansible-playbook"), "-i", str(hosts), str(book), *args],
         cwd=REPO,
         env=ansible_env(),
         capture_output=True,
@@ -47,7 +49,7 @@ def playbook(tmp_path: Path, plays: list[dict[str, object]], inventory: str = ""
     return proc.stdout
 
 
-def render_agent(tmp_path: Path, variables: dict[str, object]) -> Path:
+def render_agent(tmp_path: Path, variables: dict[str, object], *args: str) -> Path:
     etc = tmp_path / "etc"
     (etc / "secrets").mkdir(parents=True)
     overrides = tmp_path / "inventory-vars.yml"  # vars_files: a later file wins
@@ -97,8 +99,8 @@ def render_agent(tmp_path: Path, variables: dict[str, object]) -> Path:
             },
         ],
     }
-    out = playbook(tmp_path, [play])
-    for secret in ("db-s3cret", "relay-s3cret", "report-s3cret", "api-s3cret"):
+    out = playbook(tmp_path, [play], "", *args)
+    for secret in ("db-s3cret", "relay-s3cret", "report-s3cret", "api-s3cret", "vault-s3cret"):
         assert secret not in out
     return etc
 
@@ -188,6 +190,39 @@ def test_minimal_configuration(tmp_path: Path) -> None:
         "TasksMax=100000",
     ):
         assert f"\n{line}\n" in unit, line
+
+
+def test_relay_password_from_ansible_vault(tmp_path: Path) -> None:
+    password_file = tmp_path / "vault-pass"
+    password_file.write_text("e2e-vault-key\n")
+    encrypted = subprocess.run(
+        [str(BIN / "ansible-vault"), "encrypt_string", "--vault-password-file", str(password_file),
+         "--name", "vault_relay_password", "vault-s3cret"],
+        cwd=REPO, env=ansible_env(), capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "vault-s3cret" not in encrypted
+    vault_vars = tmp_path / "vault.yml"
+    vault_vars.write_text(encrypted)
+    etc = render_agent(
+        tmp_path,
+        {
+            "mailpacer_agent_db": "sqlite:////var/lib/mailpacer/agent/ledger.db",
+            "mailpacer_agent_relays": [
+                {
+                    "url": "smtps://relay.example.net:465",
+                    "username": "mailer",
+                    "password": "{{ vault_relay_password }}",
+                }
+            ],
+        },
+        "--vault-password-file",
+        str(password_file),
+        "-e",
+        f"@{vault_vars}",
+    )
+    assert (etc / "secrets" / "relay-0").read_text() == "vault-s3cret\n"
+    assert "vault-s3cret" not in (etc / "agent.toml").read_text()
+    assert load_agent_config(etc / "agent.toml").relays[0].password == "vault-s3cret"
 
 
 def test_file_sd_has_one_target_per_sender(tmp_path: Path) -> None:
