@@ -29,7 +29,7 @@ def run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_playbooks_exist() -> None:
-    assert PLAYBOOKS == ["rollback.yml", "tune.yml", "verify.yml"]
+    assert PLAYBOOKS == ["deploy.yml", "rollback.yml", "site.yml", "tune.yml", "verify.yml"]
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS)
