@@ -19,6 +19,7 @@ __all__ = [
     "parse_duration",
     "parse_rate",
     "parse_relay_url",
+    "parse_share",
 ]
 
 
@@ -100,6 +101,18 @@ def parse_duration(text: str) -> float:
     if not value or pos != len(value):
         raise ConfigError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 1h30m, 2d")
     return total
+
+
+def parse_share(text: str, what: str) -> float:
+    """``5%`` or ``0.05`` -> 0.05 (``0`` turns a guard off)."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{what} {text!r}: expected a share such as 5% or 0.05 (0 = off)")
+    return value
 
 
 def parse_bool(text: str, what: str) -> bool:

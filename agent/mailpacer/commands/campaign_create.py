@@ -43,14 +43,12 @@ class CreateOptions:
 
 
 def _share(option: str, text: str) -> float:
-    raw = text.strip()
+    from mailpacer.config import ConfigError, parse_share
+
     try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise UsageError(f"{option} {text!r}: expected a share such as 5% or 0.05 (0 = off)")
-    return value
+        return parse_share(text, option)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _source(opts: CreateOptions) -> Any:
