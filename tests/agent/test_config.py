@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mailpacer.config import ConfigError, RelayConfig, parse_bool, parse_duration, parse_relay_url
+from mailpacer.config import (
+    ConfigError,
+    RelayConfig,
+    parse_bool,
+    parse_duration,
+    parse_relay_url,
+    parse_share,
+)
 
 
 @pytest.mark.parametrize(
@@ -176,3 +183,14 @@ def test_parse_bool(text: str, value: bool) -> None:
 def test_parse_bool_errors(text: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid flag {text!r}: expected true or false"):
         parse_bool(text, "flag")
+
+
+@pytest.mark.parametrize(("text", "value"), [("5%", 0.05), ("0.3", 0.3), ("0", 0.0), ("100%", 1.0)])
+def test_shares(text: str, value: float) -> None:
+    assert parse_share(text, "--guard-bounce-rate") == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["150%", "-1", "five", "", "1.5"])
+def test_bad_shares_name_the_option(text: str) -> None:
+    with pytest.raises(ConfigError, match="--guard-bounce-rate .*expected a share such as 5%"):
+        parse_share(text, "--guard-bounce-rate")
