@@ -192,5 +192,5 @@ def test_shares(text: str, value: float) -> None:
 
 @pytest.mark.parametrize("text", ["150%", "-1", "five", "", "1.5"])
 def test_bad_shares_name_the_option(text: str) -> None:
-    with pytest.raises(ConfigError, match="--guard-bounce-rate .*expected a share such as 5%"):
+    with pytest.raises(ConfigError, match=r"--guard-bounce-rate .*expected a share such as 5%"):
         parse_share(text, "--guard-bounce-rate")
