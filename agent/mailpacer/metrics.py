@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -341,6 +341,18 @@ class Metrics:
         self.disks: dict[str, DiskState] = {}
         self.host: HostState | None = None
         r.register(_StateCollector(self))
+
+    def watch_reporter(self, reporter: Any) -> None:
+        """The progress reporter's backlog, last success and breaker, read at scrape time
+        (``reporter``: a ``report.scheduler.ReportScheduler``)."""
+        self.reporter_backlog.set_function(lambda: reporter.backlog.events)
+        self.reporter_last_success.set_function(lambda: reporter.last_success_wall or 0.0)
+
+        def is_in(state: str) -> Callable[[], float]:
+            return lambda: 1.0 if reporter.breaker.value == state else 0.0
+
+        for state in ("closed", "half-open", "open"):
+            self.reporter_breaker.labels(state).set_function(is_in(state))
 
     def watch_campaign(self, stats: CampaignProgress) -> None:
         """Export the ledger backlog of a running campaign from its in-memory counts."""

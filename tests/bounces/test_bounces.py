@@ -13,7 +13,6 @@ import trio
 
 from mailpacer.bounces.dsn import parse_dsn
 from mailpacer.bounces.listener import Bounce, BounceHandler, serve_bounces
-from mailpacer.bounces.record import record_bounce
 from mailpacer.bounces.verp import Verp
 from mailpacer.ledger.states import RecipientState as R
 from mailpacer.ledger.store import Ledger, Outcome
@@ -124,7 +123,7 @@ async def test_listener_records_a_hard_bounce_and_suppresses_the_address(
     async def recorder() -> None:
         async for bounce in receive:
             await async_ledger.run(
-                record_bounce, ledger, bounce.recipient_id, bounce.dsn.describe(), now=time.time()
+                ledger.mark_bounced, bounce.recipient_id, bounce.dsn.describe(), now=time.time()
             )
 
     async with trio.open_nursery() as nursery:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -195,8 +195,6 @@ async def check_relay(relay: RelayConfig, limit: float) -> Check:
 async def check_main_server(config: Any, limit: float) -> Check:
     """POST a signed, counters-only progress report (no events, nothing changes at the
     receiver): reachable, TLS, and the signature accepted."""
-    from dataclasses import replace
-
     from mailpacer.report.client import ReportClient
     from mailpacer.report.protocol import build_document
 
@@ -354,8 +352,6 @@ def run_doctor(opts: DoctorOptions, out: TextIO = sys.stdout) -> int:
     try:
         relays = [parse_relay_url(url) for url in opts.relays]
         if opts.config is not None:
-            from dataclasses import replace
-
             from mailpacer.agentconfig import load_agent_config
 
             agent = load_agent_config(opts.config)
@@ -381,15 +377,13 @@ def run_doctor(opts: DoctorOptions, out: TextIO = sys.stdout) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if opts.report_url is not None:
-        from dataclasses import replace as _replace
-
         from mailpacer.report.config import ReportConfig, ReportConfigError
 
         if opts.report_secret_file is None:
             raise UsageError("--report-url needs --report-secret-file FILE")
         try:
             secret = opts.report_secret_file.read_bytes().strip()
-            opts = _replace(opts, report=ReportConfig(url=opts.report_url, secret=secret))
+            opts = replace(opts, report=ReportConfig(url=opts.report_url, secret=secret))
         except OSError as exc:
             raise UsageError(f"cannot read --report-secret-file: {exc.strerror}") from None
         except ReportConfigError as exc:

@@ -20,7 +20,6 @@ import trio
 
 from mailpacer.agentconfig import AgentConfig, load_agent_config
 from mailpacer.commands import EXIT, UsageError
-from mailpacer.commands.send import observe_reporter
 from mailpacer.config import ConfigError, parse_relay_url
 from mailpacer.http.api import ControlApi
 from mailpacer.http.app import OperatorApp
@@ -118,15 +117,6 @@ def run_agent(opts: RunOptions, err: TextIO = sys.stderr) -> int:
         ledger.dispose()
 
 
-def _event_states(report: ReportConfig | None) -> frozenset[str]:
-    if report is None:
-        return frozenset()
-    states = {"deferred", "failed", "bounced", "uncertain", "suppressed"}
-    if report.detail == "all":
-        states.add("sent")
-    return frozenset(states)
-
-
 async def _serve(
     config: AgentConfig,
     ledger: Ledger,
@@ -138,7 +128,11 @@ async def _serve(
     async_ledger = AsyncLedger(ledger)
     metrics.ledger = async_ledger
     agent = Agent(
-        config, async_ledger, metrics, exclusive=exclusive, event_states=_event_states(report)
+        config,
+        async_ledger,
+        metrics,
+        exclusive=exclusive,
+        event_states=report.event_states if report else frozenset(),
     )
     notifier = SystemdNotifier()
     health = HealthState()
@@ -163,7 +157,7 @@ async def _serve(
             scheduler = ReportScheduler(report, LedgerOutbox(async_ledger), client.post, activity)
             await nursery.start(scheduler.run)
             agent.on_events = scheduler.notify
-            observe_reporter(scheduler, metrics)
+            metrics.watch_reporter(scheduler)
         if config.http:
             readiness = Readiness.for_ledger(metrics, config.db, scratch=config.scratch_dir)
             if config.data_dir is not None:

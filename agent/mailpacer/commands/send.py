@@ -478,7 +478,7 @@ async def _serve(
             await nursery.start(scheduler.run)
             runner.on_events = scheduler.notify
         if scheduler is not None:
-            observe_reporter(scheduler, metrics)
+            metrics.watch_reporter(scheduler)
         if opts.http:
             readiness = Readiness.for_ledger(metrics, opts.db)
             if scheduler is not None:
@@ -519,18 +519,6 @@ async def _serve(
     if result is None and aborted is None:
         runner.interrupted = True
     return result, aborted, code
-
-
-def observe_reporter(scheduler: ReportScheduler, metrics: Metrics) -> None:
-    """The reporter's backlog, last success and breaker as gauges read at scrape time."""
-    metrics.reporter_backlog.set_function(lambda: scheduler.backlog.events)
-    metrics.reporter_last_success.set_function(lambda: scheduler.last_success_wall or 0.0)
-
-    def is_in(state: str) -> Callable[[], float]:
-        return lambda: 1.0 if scheduler.breaker.value == state else 0.0
-
-    for state in ("closed", "half-open", "open"):
-        metrics.reporter_breaker.labels(state).set_function(is_in(state))
 
 
 async def _drain_reports(
@@ -595,7 +583,7 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
             wait_deferred=prep.wait_deferred,
             max_consecutive_failures=opts.max_consecutive_failures,
             local_hostname=opts.local_hostname,
-            event_states=_event_states(prep),
+            event_states=prep.report.event_states if prep.report else frozenset(),
             guard_bounce_rate=prep.guard[0],
             guard_deferral_rate=prep.guard[1],
             guard_window=opts.guard_window,
@@ -703,16 +691,6 @@ def _render_pool(opts: SendOptions, prep: Prepared) -> RenderPool | None:
         dkim_domain=opts.dkim_domain,
     )
     return RenderPool(spec, opts.render_workers)
-
-
-def _event_states(prep: Prepared) -> frozenset[str]:
-    """Which recipient outcomes go to the outbox: failures only, unless every one is wanted."""
-    if prep.report is None:
-        return frozenset()
-    failures = {"deferred", "failed", "bounced", "uncertain", "suppressed"}
-    if prep.report.detail == "all":
-        failures.add("sent")
-    return frozenset(failures)
 
 
 def _summary(

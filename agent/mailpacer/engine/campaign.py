@@ -225,11 +225,11 @@ class CampaignRunner:
         outcomes = []
         observe = self.metrics.transaction_seconds.observe
         pacer = self.pacer
-        replies = self.metrics.replies
+        reply_classes: Counter[str] = Counter()  # one metric update per class, not per message
         for result in results:
             claimed = _claimed(result.message)
             code = result.reply.code if result.reply is not None else None
-            replies.labels(self._label, relay or "", f"{code // 100}xx" if code else "none").inc()
+            reply_classes[f"{code // 100}xx" if code else "none"] += 1
             retry_after = None
             if result.reply is not None:
                 # Replies drive the pace: throttles cut the relay's / group's rate (AIMD),
@@ -253,6 +253,8 @@ class CampaignRunner:
             )
             if result.kind is not ResultKind.NOT_SENT:
                 observe(result.elapsed)
+        for reply_class, n in reply_classes.items():
+            self.metrics.replies.labels(self._label, relay or "", reply_class).inc(n)
         keep_sent = "sent" in self.settings.event_states or log.isEnabledFor(logging.DEBUG)
         for result, outcome in zip(results, outcomes, strict=True):
             if outcome.attempted and (keep_sent or outcome.state is not R.SENT):

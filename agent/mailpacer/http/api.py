@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 import trio
 
+from mailpacer.asgi import Message, Receive, Scope, Send
 from mailpacer.campaign_spec import CampaignSpec, CampaignSpecError
 from mailpacer.campaigns import (
     RETRYABLE,
@@ -71,10 +72,6 @@ MAX_JSON = 1024 * 1024  # a JSON body or the spec part of an upload
 MAX_UPLOAD = 64 * 1024 * 1024  # the recipients CSV of one create (default)
 MAX_PAGE = 1000  # suppressions per page
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 CSV_TYPES = {
     None,

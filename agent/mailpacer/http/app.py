@@ -4,22 +4,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mailpacer.asgi import Receive, Scope, Send, serve_lifespan
 from mailpacer.http.api import PREFIX, ControlApi
 from mailpacer.http.health import HealthState
 from mailpacer.http.readiness import Readiness, watch_event_loop
 from mailpacer.metrics import Metrics
 
 __all__ = ["OperatorApp"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class OperatorApp:
@@ -47,13 +42,8 @@ class OperatorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope["path"]

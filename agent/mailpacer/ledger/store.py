@@ -833,6 +833,43 @@ class Ledger:
         return bool(inserted)
 
     @_retry_on_conflict
+    def mark_bounced(
+        self, recipient_id: int, reply: str, *, now: float, report: bool = False
+    ) -> str | None:
+        """A hard bounce (a DSN) for a message already handed over: the recipient becomes
+        *bounced* and its address suppressed, in one transaction; with ``report`` an outbox
+        event tells the main server. Returns the address (None: no such recipient).
+
+        A bounce can beat the agent's own outcome write (the row is still *sending*: that
+        write then changes nothing) or follow a retry (deferred, pending again after a
+        resend); a claimed row (about to be sent) and final states stay as they are."""
+        t = recipients.c
+        bounceable = [R.SENT, R.UNCERTAIN, R.DEFERRED, R.SENDING, R.PENDING]
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(t.email, t.email_key, t.campaign_id).where(t.id == recipient_id)
+            ).first()
+            if row is None:
+                return None
+            changed = conn.execute(
+                recipients.update()
+                .where(t.id == recipient_id, t.status.in_([s.value for s in bounceable]))
+                .values(status=R.BOUNCED.value, last_reply=reply[:2000], updated_at=now)
+            ).rowcount
+            conn.execute(
+                suppressions.insert()
+                .prefix_with(self._upsert_ignore)
+                .values(kind="address", value=row.email_key, reason=reply[:500], source="dsn",
+                        created_at=now)
+            )  # fmt: skip
+            if changed and report:
+                payload = {"email": row.email, "reply": reply}
+                self._insert_events(
+                    conn, [(row.campaign_id, recipient_id, "recipient.bounced", payload)], now
+                )
+        return str(row.email)
+
+    @_retry_on_conflict
     def apply_suppressions(self, campaign_id: int, *, now: float) -> int:
         """Pending and deferred recipients on the suppression list become *suppressed*."""
         t = recipients.c
@@ -983,7 +1020,6 @@ class Ledger:
         ).first()
         return self._stopped(row)
 
-    @_retry_on_conflict
     def mark_sending(self, ids: Sequence[int], owner: str, *, now: float) -> int:
         """Write-ahead: from here on a crash leaves these recipients *uncertain*, not pending.
 
@@ -991,18 +1027,8 @@ class Ledger:
         (expired and reclaimed by another agent), and 0 that the campaign was paused or
         cancelled (nothing is marked then); what was not marked must not be sent.
         """
-        if not ids:
-            return 0
-        with self._write() as conn:
-            if self._campaign_of_paused(conn, ids[0]):
-                return 0
-            return self._update_ids(
-                conn,
-                "status=%s, updated_at=%s",
-                (R.SENDING.value, now),
-                ids,
-                owner=owner,
-            )
+        marked = self.mark_sending_ids(ids, owner, now=now)
+        return 0 if marked is None else len(marked)
 
     @_retry_on_conflict
     def mark_sending_ids(self, ids: Sequence[int], owner: str, *, now: float) -> list[int] | None:

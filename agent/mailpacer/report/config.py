@@ -77,6 +77,15 @@ class ReportConfig:
         if bounds != sorted(bounds) or any(i <= 0 for _, i in self.speed_tiers):
             raise bad("speed_tiers", "bounds must ascend and intervals be > 0")
 
+    @property
+    def event_states(self) -> frozenset[str]:
+        """Which recipient outcomes go to the outbox: every non-success one, and with
+        ``detail = "all"`` the sent ones too."""
+        states = {"deferred", "failed", "bounced", "uncertain", "suppressed"}
+        if self.detail == "all":
+            states.add("sent")
+        return frozenset(states)
+
     def interval_for(self, per_minute: float) -> float:
         """The update interval for the fastest active campaign's speed (never below the floor)."""
         for bound, interval in self.speed_tiers:

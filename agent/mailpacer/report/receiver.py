@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,11 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from mailpacer.asgi import Receive, Scope, Send, serve_lifespan
 from mailpacer.report.protocol import PROTOCOL_VERSION, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 __all__ = ["ReceiverApp", "ReceiverStore", "StoreResult", "serve_receiver"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 PATH = "/v1/progress"
 
@@ -206,13 +203,8 @@ class ReceiverApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         client = (scope.get("client") or ("?", 0))[0]

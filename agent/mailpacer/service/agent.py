@@ -23,7 +23,6 @@ import trio
 
 from mailpacer.agentconfig import AgentConfig, BounceSettings
 from mailpacer.bounces.listener import Bounce, BounceHandler, serve_bounces
-from mailpacer.bounces.record import record_bounce
 from mailpacer.bounces.verp import Verp
 from mailpacer.campaign_spec import AGENT_MODE, CampaignSpec, CampaignSpecError, build_factory
 from mailpacer.engine.campaign import CampaignAborted, CampaignRunner, EngineSettings
@@ -129,8 +128,7 @@ class Agent:
         async for bounce in source:
             reply = bounce.dsn.describe()
             email = await ledger.patiently(
-                record_bounce,
-                ledger.sync,
+                ledger.sync.mark_bounced,
                 bounce.recipient_id,
                 reply,
                 now=time.time(),
@@ -207,8 +205,8 @@ class Agent:
                 functools.partial(build_factory, spec, return_path=return_path)
             )
             settings = self._settings(spec)
-            zone = self.config.pacing.timezone if self.config.pacing else None
-            pacing = spec.limit_spec(zone) if zone is not None else spec.limit_spec()
+            assert self.pacer is not None  # set by run()
+            pacing = spec.limit_spec(self.pacer.config.timezone)
         except CampaignSpecError as exc:
             await self._hold(campaign, f"cannot build the campaign's messages: {exc}")
             return
