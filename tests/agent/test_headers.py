@@ -251,3 +251,36 @@ def test_extra_headers_are_checked_too() -> None:
         )
     with pytest.raises(HeaderInjectionError, match="From"):
         MessageComposer(from_header="a@example.org\nBcc: x@e.example", message_id_domain="e.org")
+
+
+def _reference_words(text: str, first_line_room: int) -> list[str]:
+    """The obvious per-character packing, to check the byte-cutting encoder against."""
+    import base64
+
+    words: list[str] = []
+    chunk = b""
+    limit = min(max(3, (first_line_room - 12) // 4 * 3), 45)
+    for char in text:
+        encoded = char.encode("utf-8")
+        if chunk and len(chunk) + len(encoded) > limit:
+            words.append("=?utf-8?b?" + base64.b64encode(chunk).decode() + "?=")
+            chunk, limit = b"", 45
+        chunk += encoded
+    if chunk or not words:
+        words.append("=?utf-8?b?" + base64.b64encode(chunk).decode() + "?=")
+    return words
+
+
+def test_encoded_words_cut_only_between_characters() -> None:
+    import random
+
+    from mailpacer.message.headers import _encoded_words
+
+    rng = random.Random(4)
+    alphabet = "aZ 9.,ü€ßé中文😀𝄞" + "\u00a0\u200b"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+        room = rng.choice([3, 10, 15, 20, 40, 69, 78])
+        words = _encoded_words(text, room)
+        assert words == _reference_words(text, room), (text, room)
+        assert all(len(w) <= 75 for w in words[1:])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,73 @@ async def test_auth_without_tls_is_refused_locally(smtp_sink: SmtpSink) -> None:
         await open_relay(parse_relay_url(url + "?allow_plain_auth=true"), timeouts=TIMEOUTS)
     assert "s3cret-pw" not in str(info.value)
     assert any(c.startswith("AUTH PLAIN ") for c in smtp_sink.commands())
+
+
+# -- the direct-descriptor path (plain TCP inside send()) ------------------------------
+
+
+async def test_plain_tcp_sessions_write_the_socket_directly_and_large_bodies_arrive(
+    smtp_sink: SmtpSink,
+) -> None:
+    """A 3 MB body is more than the socket buffer takes at once: the direct path must wait
+    for the socket and write the rest (partial writes), and the sink gets every byte."""
+    connection = await connect(smtp_sink)
+    assert connection._fd >= 0  # plain TCP: the fast path is in use
+    line = b"0123456789" * 9 + b"\r\n"  # 92 bytes
+    body = line * (3 * 1024 * 1024 // len(line))
+    messages = [build(1, body), build(2), build(3, body)]
+    batch = Batch(messages)
+    await connection.send(batch)
+    await connection.quit()
+    assert [r.kind for r in batch.finish("")] == [ResultKind.SENT] * 3
+    dumps = {d.recipients[0]: d for d in smtp_sink.wait_for_count(3)}
+    for message in messages:
+        assert dumps[message.recipient].content == unwire(message)
+
+
+async def test_one_long_batch_never_starves_the_other_tasks(smtp_sink: SmtpSink) -> None:
+    """Even when the kernel always has the reply ready, a session gives way to the
+    scheduler every few messages: a ticker task sees the batch advance in small steps."""
+    connection = await connect(smtp_sink)
+    count = 400
+    batch = Batch([build(n) for n in range(count)])
+    seen: list[int] = []
+
+    async def ticker(cancel: trio.CancelScope) -> None:
+        with cancel:
+            while True:
+                seen.append(connection.messages_sent)
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        cancel = trio.CancelScope()
+        nursery.start_soon(ticker, cancel)
+        await connection.send(batch)
+        cancel.cancel()
+    await connection.quit()
+    assert connection.messages_sent == count
+    steps = [b - a for a, b in itertools.pairwise(seen)]
+    print(f"{len(seen)} ticks during {count} messages; largest step {max(steps)} messages")
+    assert max(steps) <= 16  # client._YIELD_EVERY
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
+async def test_a_halted_batch_stops_between_two_transactions(
+    tmp_path: Path, pipelining: bool
+) -> None:
+    """A pause asked for mid-batch: no new transaction starts, the ones begun finish, the
+    rest are NOT_SENT (safe to send later), and the session is still good for more."""
+    with running_smtp_sink(tmp_path, *(() if pipelining else ("-p",))) as sink:
+        connection = await connect(sink)
+        messages = [build(n) for n in range(30)]
+        batch = Batch(messages, halted=lambda b: sum(1 for t in b.started_at if t) >= 7)
+        await connection.send(batch)
+        kinds = [r.kind for r in batch.finish("halted")]
+        assert kinds == [ResultKind.SENT] * 7 + [ResultKind.NOT_SENT] * 23
+        assert not any(batch.dot_written[7:])
+        again = Batch(messages[7:])
+        await connection.send(again)
+        assert [r.kind for r in again.finish("")] == [ResultKind.SENT] * 23
+        await connection.quit()
+        dumps = sink.wait_for_count(30)
+        assert sorted(d.recipients[0] for d in dumps) == sorted(m.recipient for m in messages)

@@ -17,11 +17,12 @@ What the sink actually received is compared with the ledger:
   *sending* at the moments of the kills (read from the database while the sender is dead),
   and each kill leaves at most ``IN_FLIGHT_BOUND`` of them.
 
-The bound: a row is *sending* from the dispatcher's write-ahead mark, made per connection
-batch just before the batch is queued for a connection, until its outcome is flushed. That
-is what the workers hold and what waits in the channel to them (2 x concurrency x pipeline
-depth = 2 x 4 x 32 = 256), plus outcomes answered but not yet flushed (the writer flushes
-every 200 ms or 500 outcomes: <= 500). So 756; the test prints the figures seen.
+The bound: a row is *sending* from the dispatcher's write-ahead mark, made per slice (at
+most concurrency x pipeline depth rows) just before the slice is handed, batch by batch
+and unbuffered, to the connections, until its outcome is flushed. That is what the
+workers hold plus the slice being handed out (2 x concurrency x pipeline depth = 2 x 4 x
+32 = 256), plus outcomes answered but not yet flushed (the writer flushes every 200 ms or
+500 outcomes: <= 500). So 756; the test prints the figures seen.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from mailpacer.config import Rate, RelayConfig
-from mailpacer.engine.render_pool import RenderPool
+from mailpacer.engine.render_pool import RenderJob, RenderPool
 from mailpacer.engine.stats import CampaignStats
 from mailpacer.ledger.states import RecipientState
 from mailpacer.ledger.store import Claimed, Outcome
@@ -34,7 +34,7 @@ from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.render import RenderError
 from mailpacer.metrics import Metrics
 from mailpacer.pacing.guard import ReputationGuard
-from mailpacer.pacing.hierarchy import Pacer
+from mailpacer.pacing.hierarchy import Limit, Pacer
 from mailpacer.pacing.policy import RetryPolicy, outcome_for
 from mailpacer.pacing.spec import LimitSpec
 from mailpacer.smtp.client import (
@@ -226,12 +226,16 @@ class CampaignRunner:
         observe = self.metrics.transaction_seconds.observe
         pacer = self.pacer
         reply_classes: Counter[str] = Counter()  # one metric update per class, not per message
+        accepted: Counter[str | None] = Counter()  # messages accepted, per domain group
         for result in results:
             claimed = _claimed(result.message)
             code = result.reply.code if result.reply is not None else None
             reply_classes[f"{code // 100}xx" if code else "none"] += 1
             retry_after = None
-            if result.reply is not None:
+            if result.kind is ResultKind.SENT and code is not None and 200 <= code < 300:
+                # The common case, counted per group and fed to the pacer once per batch.
+                accepted[self._group_of(result.message)] += 1
+            elif result.reply is not None:
                 # Replies drive the pace: throttles cut the relay's / group's rate (AIMD),
                 # "try again in N seconds" pauses them; successes restore it.
                 per_recipient = result.stage in (Stage.RCPT, Stage.DATA, Stage.DOT)
@@ -253,6 +257,8 @@ class CampaignRunner:
             )
             if result.kind is not ResultKind.NOT_SENT:
                 observe(result.elapsed)
+        for group, n in accepted.items():
+            pacer.observe(250, relay=relay, group=group, n=n)
         for reply_class, n in reply_classes.items():
             self.metrics.replies.labels(self._label, relay or "", reply_class).inc(n)
         keep_sent = "sent" in self.settings.event_states or log.isEnabledFor(logging.DEBUG)
@@ -483,13 +489,13 @@ class CampaignRunner:
         render_rx: trio.MemoryReceiveChannel[list[Claimed]],
         ready_tx: trio.MemorySendChannel[list[OutboundMessage]],
     ) -> None:
+        if self.render_pool is not None:
+            await self._render_elsewhere(render_rx, ready_tx)
+            return
         chunk = 256
         wants_variables = self.factory.uses_variables
         async with render_rx, ready_tx:
             async for rows in render_rx:
-                if self.render_pool is not None:
-                    await self._render_elsewhere(rows, ready_tx, chunk)
-                    continue
                 ready: list[OutboundMessage] = []
                 failed: list[Outcome] = []
                 for n, row in enumerate(rows, 1):
@@ -521,34 +527,64 @@ class CampaignRunner:
 
     async def _render_elsewhere(
         self,
-        rows: list[Claimed],
+        render_rx: trio.MemoryReceiveChannel[list[Claimed]],
         ready_tx: trio.MemorySendChannel[list[OutboundMessage]],
-        chunk: int,
     ) -> None:
-        """The same as rendering here, in the render pool's processes."""
-        assert self.render_pool is not None
-        failed: list[Outcome] = []
-        for start in range(0, len(rows), chunk * self.render_pool.workers):
-            part = rows[start : start + chunk * self.render_pool.workers]
-            results = await self.render_pool.render(
-                [(r.id, r.email, r.variables, r.source_row) for r in part]
-            )
-            ready: list[OutboundMessage] = []
-            for row, done in zip(part, results, strict=True):
-                if done.error is not None:
-                    failed.append(Outcome(row.id, R.FAILED, None, done.error, attempted=False))
-                    self._event_emails[row.id] = row.email
-                    continue
-                message = OutboundMessage(
-                    done.sender, row.email, done.payload, done.size, done.eight_bit, done.smtputf8
-                )
-                message.tag = row
-                ready.append(message)
-            for i in range(0, len(ready), chunk):
-                await ready_tx.send(ready[i : i + chunk])
-        if failed:
-            self._collect(failed)
-            self._count_failures(failed)
+        """The same as rendering here, in the render pool's processes: chunks are submitted
+        ahead (two per worker) so the workers never wait for the sender, and come back in
+        order."""
+        pool = self.render_pool
+        assert pool is not None
+        chunk = 128
+        jobs_tx, jobs_rx = trio.open_memory_channel[tuple[list[Claimed], RenderJob]](
+            2 * pool.workers
+        )
+
+        async def submit() -> None:
+            async with render_rx, jobs_tx:
+                async for rows in render_rx:
+                    for i in range(0, len(rows), chunk):
+                        part = rows[i : i + chunk]
+                        work = [(r.id, r.email, r.variables, r.source_row) for r in part]
+                        job = pool.submit(work)
+                        try:
+                            await jobs_tx.send((part, job))
+                        except BaseException:
+                            job.cancel()
+                            raise
+
+        async def collect() -> None:
+            async with jobs_rx, ready_tx:
+                async for part, job in jobs_rx:
+                    results = await job.result()
+                    ready: list[OutboundMessage] = []
+                    failed: list[Outcome] = []
+                    for row, done in zip(part, results, strict=True):
+                        if done.error is not None:
+                            failed.append(
+                                Outcome(row.id, R.FAILED, None, done.error, attempted=False)
+                            )
+                            self._event_emails[row.id] = row.email
+                            continue
+                        message = OutboundMessage(
+                            done.sender,
+                            row.email,
+                            done.payload,
+                            done.size,
+                            done.eight_bit,
+                            done.smtputf8,
+                        )
+                        message.tag = row
+                        ready.append(message)
+                    if failed:
+                        self._collect(failed)
+                        self._count_failures(failed)
+                    if ready:
+                        await ready_tx.send(ready)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit)
+            nursery.start_soon(collect)
 
     async def _dispatcher(
         self,
@@ -557,6 +593,9 @@ class CampaignRunner:
     ) -> None:
         depth = self.settings.pipeline_depth
         workers = self.settings.concurrency
+        # One slice feeds every connection a batch: one write-ahead transaction per slice,
+        # and batches long enough that the per-batch work is small beside the SMTP work.
+        slice_cap = depth * workers
         ledger = self.ledger
         async with ready_rx, conn_tx:
             async for messages in ready_rx:
@@ -566,7 +605,7 @@ class CampaignRunner:
                     if not self._proven:
                         want = 1
                     before = self.pacer.waited(self._label)
-                    pending = await self._take(messages[position : position + want], depth)
+                    pending = await self._take(messages[position : position + want], slice_cap)
                     self.metrics.rate_limiter_wait.inc(self.pacer.waited(self._label) - before)
                     # _take may reorder (a group that must wait does not hold up the others)
                     taken = {id(m) for m in pending}
@@ -775,9 +814,12 @@ class CampaignRunner:
                 # The relay's own level: its rate, or a pause a server asked for ("try
                 # again in 30 seconds"); what it does not allow yet waits for the next turn.
                 relay_level = self.pacer.relay(connection.relay_name)
-                allowed = await relay_level.acquire(len(remaining))
+                want = len(remaining)
+                if connection.max_messages > 0:  # the session ends after its quota
+                    want = min(want, connection.max_messages - connection.messages_sent)
+                allowed = await relay_level.acquire(want)
                 later = remaining[allowed:]
-                batch = Batch(remaining[:allowed])
+                batch = Batch(remaining[:allowed], halted=self._halted_for(relay_level))
                 detail = "stopped before the relay answered"
                 lost = False
                 try:
@@ -794,7 +836,14 @@ class CampaignRunner:
                         connection.relay_name,
                     )
                 self._judge_relay(connection, results, lost, detail)
-                if unsent:
+                if self.stopping and remaining:
+                    # Paused, cancelled or interrupted mid-batch: what did not start is not
+                    # started now (it goes back to pending).
+                    self._release(remaining, "stopped before sending")
+                    remaining = []
+                elif unsent and not lost:
+                    pass  # halted after a 4xx or by a relay's pause: the next turn waits
+                elif unsent:
                     retries += 1
                     if retries > 3:
                         self._release(remaining, detail)
@@ -805,6 +854,17 @@ class CampaignRunner:
                 await self._close(connection)
             raise
         return connection
+
+    def _halted_for(self, relay_level: Limit) -> Callable[[Batch], bool]:
+        """Asked by a connection before each new transaction of a batch. A stop ends the
+        batch there; so does a 4xx, so that its policy (a pause "try again in 30 seconds",
+        a slower rate) applies before the next message, and a relay's pause."""
+        clock = relay_level.clock
+
+        def halted(batch: Batch) -> bool:
+            return self.stopping or batch.transient > 0 or relay_level.paused_until > clock()
+
+        return halted
 
     async def _worker(
         self, worker: int, conn_rx: trio.MemoryReceiveChannel[list[OutboundMessage]]
@@ -853,9 +913,9 @@ class CampaignRunner:
             )
             self.heartbeat = trio.current_time()
             task_status.started()
-            conn_tx, conn_rx = trio.open_memory_channel[list[OutboundMessage]](
-                self.settings.concurrency
-            )
+            # Unbuffered: a batch is marked `sending` only once a connection is about to take
+            # it, so a crash leaves at most two slices uncertain (docs/ledger.md).
+            conn_tx, conn_rx = trio.open_memory_channel[list[OutboundMessage]](0)
             drain_rx = conn_rx.clone()
             try:
                 async with trio.open_nursery() as outer:

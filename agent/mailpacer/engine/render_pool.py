@@ -11,11 +11,10 @@ threaded Trio process).
 from __future__ import annotations
 
 import concurrent.futures
-import functools
+import contextlib
 import multiprocessing
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -24,13 +23,14 @@ from mailpacer.message.factory import MessageFactory, decode_variables
 from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.render import RenderError
 
-__all__ = ["RenderPool", "Rendered"]
+__all__ = ["RenderJob", "RenderPool", "Rendered"]
 
 Row = tuple[int, str, str, int | None]  # recipient id, email, variables (JSON), source row
 
 
-@dataclass(frozen=True, slots=True)
-class Rendered:
+class Rendered(NamedTuple):
+    """One row's result (a tuple: cheap to pickle back from the worker)."""
+
     recipient_id: int
     error: str | None  # why it cannot be rendered; None when payload is ready
     sender: str = ""
@@ -80,6 +80,32 @@ def _render(rows: Sequence[Row]) -> list[Rendered]:
     return out
 
 
+class RenderJob:
+    """A chunk of rows being rendered in a worker; waited for without a thread."""
+
+    def __init__(self, future: concurrent.futures.Future[list[Rendered]]) -> None:
+        self._future = future
+        self._done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._done.set)
+
+        future.add_done_callback(wake)
+
+    async def result(self) -> list[Rendered]:
+        try:
+            await self._done.wait()
+        except BaseException:
+            self._future.cancel()
+            raise
+        return self._future.result()
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
 class RenderPool:
     """``await pool.render(rows)``: the rows rendered by ``workers`` processes, in order."""
 
@@ -96,25 +122,21 @@ class RenderPool:
             initargs=(spec, verp),
         )
 
-    def _call(self, rows: Sequence[Row]) -> list[Rendered]:
-        return self.executor.submit(_render, rows).result()
+    def submit(self, rows: Sequence[Row]) -> RenderJob:
+        """Queue ``rows`` for a worker now; ``await job.result()`` later. Submitting ahead
+        keeps the workers busy while the Trio process sends what came back before."""
+        return RenderJob(self.executor.submit(_render, rows))
 
     async def render(self, rows: Sequence[Row]) -> list[Rendered]:
+        """The rows rendered by the workers (split between them), in order."""
         if not rows:
             return []
         size = -(-len(rows) // self.workers)
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        results: list[list[Rendered]] = [[] for _ in chunks]
-
-        async def one(index: int, chunk: Sequence[Row]) -> None:
-            results[index] = await trio.to_thread.run_sync(
-                functools.partial(self._call, chunk), abandon_on_cancel=True
-            )
-
-        async with trio.open_nursery() as nursery:
-            for index, chunk in enumerate(chunks):
-                nursery.start_soon(one, index, chunk)
-        return [item for chunk in results for item in chunk]
+        jobs = [self.submit(rows[i : i + size]) for i in range(0, len(rows), size)]
+        results: list[Rendered] = []
+        for job in jobs:
+            results.extend(await job.result())
+        return results
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -40,19 +40,29 @@ def check_header_value(value: str, what: str) -> None:
 
 
 def _encoded_words(text: str, first_line_room: int = _FOLD_AT) -> list[str]:
-    """Encoded words of at most 75 characters, the first one fitting ``first_line_room``."""
+    """Encoded words of at most 75 characters, the first one fitting ``first_line_room``.
+
+    Each word takes as many whole characters as fit: the UTF-8 bytes are cut greedily and
+    a cut never falls inside a character (never before a continuation byte). One pass over
+    bytes; a per-character loop cost ~50 µs per subject, more than the rest of the headers.
+    """
+    data = text.encode("utf-8")
     words: list[str] = []
-    chunk = bytearray()
-    limit = max(3, (first_line_room - _WORD_OVERHEAD) // 4 * 3)
-    for char in text:
-        encoded = char.encode("utf-8")
-        if chunk and len(chunk) + len(encoded) > min(limit, _WORD_BYTES):
-            words.append("=?utf-8?b?" + base64.b64encode(chunk).decode("ascii") + "?=")
-            chunk = bytearray()
-            limit = _WORD_BYTES
-        chunk += encoded
-    if chunk or not words:
-        words.append("=?utf-8?b?" + base64.b64encode(chunk).decode("ascii") + "?=")
+    limit = min(max(3, (first_line_room - _WORD_OVERHEAD) // 4 * 3), _WORD_BYTES)
+    start, end_all = 0, len(data)
+    while start < end_all:
+        cut = min(start + limit, end_all)
+        while cut < end_all and data[cut] & 0xC0 == 0x80:
+            cut -= 1  # back to the start of the character the limit fell into
+        if cut == start:  # one character longer than the room: it goes alone
+            cut = start + 1
+            while cut < end_all and data[cut] & 0xC0 == 0x80:
+                cut += 1
+        words.append("=?utf-8?b?" + base64.b64encode(data[start:cut]).decode("ascii") + "?=")
+        start = cut
+        limit = _WORD_BYTES
+    if not words:
+        words.append("=?utf-8?b??=")
     return words
 
 

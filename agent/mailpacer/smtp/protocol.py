@@ -106,8 +106,22 @@ class ReplyParser:
         self._partial = lines.pop()
         if len(self._partial) > MAX_REPLY_LINE:
             raise SMTPProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+        append = self._replies.append
         for line in lines:
-            self._line(line)
+            # The common case inline: a complete one-line reply "250 2.0.0 Ok\r".
+            if (
+                not self._lines
+                and line[3:4] == b" "
+                and line[-1:] == b"\r"
+                and line[:3].isdigit()
+                and b"200" <= line[:3] <= b"599"
+                and len(line) <= MAX_REPLY_LINE
+            ):
+                append(
+                    tuple.__new__(Reply, (int(line[:3]), (line[4:-1].decode("utf-8", "replace"),)))
+                )
+            else:
+                self._line(line)
 
     def _line(self, line: bytes) -> None:
         if line[-1:] == b"\r":
