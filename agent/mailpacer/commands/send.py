@@ -574,6 +574,9 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         ledger.check()
         ledger.upgrade()
         campaign = _open_campaign(ledger, prep, opts)
+        pool = _render_pool(opts, prep)  # its workers start while the list is imported
+        if pool is not None:
+            stack.callback(pool.close)
         report = _import(ledger, campaign, prep, err, quiet=opts.json)
         settings = EngineSettings(
             relays=prep.relays,
@@ -590,9 +593,6 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
         )
         stats = CampaignStats(campaign.name)
         metrics = Metrics()
-        pool = _render_pool(opts, prep)
-        if pool is not None:
-            stack.callback(pool.close)
         async_ledger = AsyncLedger(ledger)
         metrics.ledger = async_ledger
         runner = CampaignRunner(

@@ -53,6 +53,10 @@ def _start(spec: CampaignSpec, verp: tuple[str, bytes] | None) -> None:
     _factory = build_factory(spec, return_path=return_path)
 
 
+def _ready() -> bool:
+    return _factory is not None
+
+
 def _render(rows: Sequence[Row]) -> list[Rendered]:
     factory = _factory
     assert factory is not None
@@ -121,6 +125,10 @@ class RenderPool:
             initializer=_start,
             initargs=(spec, verp),
         )
+        # Start the workers now (the executor would on first use): their interpreter start,
+        # imports and template compilation then overlap the list import, not the send.
+        for _ in range(workers):
+            self.executor.submit(_ready)
 
     def submit(self, rows: Sequence[Row]) -> RenderJob:
         """Queue ``rows`` for a worker now; ``await job.result()`` later. Submitting ahead
