@@ -5,6 +5,8 @@ hour/day caps that survive a restart. Against a real (aiosmtpd) server and ledge
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import math
 import time
 from collections import Counter
@@ -17,10 +19,12 @@ import trio
 import trio.testing
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailpacer.commands.status import run_status
 from mailpacer.config import parse_relay_url
 from mailpacer.engine.campaign import CampaignRunner, EngineSettings
 from mailpacer.engine.stats import CampaignStats
-from mailpacer.ledger.store import Ledger
+from mailpacer.ledger.states import RecipientState
+from mailpacer.ledger.store import Ledger, Outcome
 from mailpacer.ledger.threaded import AsyncLedger
 from mailpacer.message.address import parse_address
 from mailpacer.message.factory import StaticFactory
@@ -330,3 +334,32 @@ async def test_a_restart_does_not_grant_a_second_days_quota(
     assert before == 100
     assert after == 50
     assert math.isclose(ledger.first_sent_at(cid.id) or 0, evening.timestamp(), abs_tol=30)
+
+
+def test_status_shows_the_plans_eta(tmp_path: Path) -> None:
+    """`mailpacer status` (no agent running, no config): the campaign's own level, its
+    day cap seeded with what the ledger says was sent today."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    ledger.upgrade()
+    settings = {"rate": "300/min", "pacing": {"per_day": 100}}
+    cid = ledger.create_campaign("capped", sender="n@example.com", template_dir="-",
+                                 settings=settings).id  # fmt: skip
+    ledger.insert_recipients(
+        cid, [{"email": f"s{i}@example.net", "email_key": f"s{i}@example.net",
+               "source_row": i, "variables": "{}"} for i in range(150)],
+    )  # fmt: skip
+    ids = [c.id for c in ledger.claim(cid, "a", 60, now=time.time(), lease_seconds=60)]
+    ledger.mark_sending(ids, "a", now=time.time())
+    now = time.time()
+    ledger.record([Outcome(i, RecipientState.SENT, 250, "ok", at=now) for i in ids])
+    ledger.update_campaign(cid, status="running")
+    out = io.StringIO()
+    assert run_status(url, "capped", None, 10, as_json=True, out=out) == 0
+    eta = json.loads(out.getvalue())["campaigns"][0]["eta_seconds"]
+    today = datetime.fromtimestamp(now, ZoneInfo("UTC")).date()
+    midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), ZoneInfo("UTC"))
+    expected = midnight.timestamp() + 50 / 5 - now  # 40 today, 50 after midnight at 5/s
+    print(f"\nstatus: per_day 100, 60 sent today, 90 left at 300/min: ETA {eta / 3600:.2f} h")
+    assert abs(eta - expected) < 5
+    ledger.dispose()

@@ -159,6 +159,7 @@ class CampaignRunner:
         self._group_slots: dict[str | None, Slots | None] = {None: None}
         self._relay_slots: dict[str, Slots | None] = {}
         self._group_shares: dict[str | None, float] = {}  # what is left, by group (ETA)
+        self._plan_due = -math.inf  # when (Trio time) to simulate the plan again
         self._suppressions_checked = 0.0
         self._slotted: set[int] = set()  # connections holding one of their relay's slots
         self.heartbeat = 0.0
@@ -474,9 +475,14 @@ class CampaignRunner:
 
     def _plan_eta(self) -> None:
         """The ETA from the pacing plan (rates, windows, caps, ramps, pauses), for the
-        gauge and the progress line: at the writer's cadence, not per message. Only for a
-        paced path; ``CampaignStats.eta`` takes the later of it and the observed rate."""
+        gauge and the progress line. Only for a paced path; ``CampaignStats.eta`` takes the
+        later of it and the observed rate. The simulation costs ~0.3 ms for thousands left
+        and ~20 ms for a million over weeks of windows: at most every 5 s, and never more
+        than 0.5% of the time (the stored finish time counts down in between)."""
         pacer, stats = self.pacer, self.stats
+        started = trio.current_time()
+        if started < self._plan_due:
+            return
         relays = self.settings.relays
         relay = relays[0].name if len(relays) == 1 else None  # shared by several: unknown
         limits = pacer.limits_for(self._label, relay=relay)
@@ -488,7 +494,10 @@ class CampaignRunner:
         remaining: int | dict[str | None, int] = todo
         if self._group_shares:
             remaining = {g: math.ceil(todo * f) for g, f in self._group_shares.items()}
+        cost = time.perf_counter()
         finish = pacer.eta(self._label, remaining, relay=relay)
+        cost = time.perf_counter() - cost
+        self._plan_due = started + max(5.0, 200 * cost)
         stats.plan(math.inf if finish is None else max(0.0, finish - pacer.wall()))
 
     # -- feeding: claim, render, pace, mark ---------------------------------------
