@@ -486,3 +486,39 @@ def test_two_ledgers_claiming_from_threads_never_share_one(ledger: Ledger, cid: 
             ).all()
         )
     assert owners == {name: len(ids) for name, ids in claimed.items()}
+
+
+# -- what the pacer needs after a restart ------------------------------------------------
+
+
+def test_sent_since_first_sent_and_remaining_by_domain(ledger: Ledger, cid: int) -> None:
+    """Counts for seeding hour/day caps (sent at or after a time, also if it bounced
+    later) and a ramp's day 0; what is left per domain for the ETA per domain group."""
+    emails = ["a@Gmail.com", "b@gmail.com", "c@example.org", "d@example.org", "e@x.net"]
+    assert ledger.insert_recipients(cid, rows_for(emails))
+    other = ledger.create_campaign("other", sender="n@example.org", template_dir="/t", settings={})
+    add(ledger, other.id, 2)
+    assert ledger.count_sent_since(cid, 0.0) == 0
+    assert ledger.first_sent_at(cid) is None
+    assert ledger.remaining_by_domain(cid) == {"gmail.com": 2, "example.org": 2, "x.net": 1}
+    ids = [c.id for c in ledger.claim(cid, "a", 5, now=100.0, lease_seconds=LEASE)]
+    ledger.mark_sending(ids, "a", now=100.0)
+    ledger.record(
+        [
+            Outcome(ids[0], R.SENT, 250, "ok", at=1000.0),
+            Outcome(ids[1], R.SENT, 250, "ok", at=2000.0),
+            Outcome(ids[2], R.SENT, 250, "ok", at=3000.0),
+            Outcome(ids[3], R.DEFERRED, 451, "later", next_attempt_at=9e9, at=3500.0),
+        ]
+    )
+    other_ids = [c.id for c in ledger.claim(other.id, "a", 2, now=100.0, lease_seconds=LEASE)]
+    ledger.mark_sending(other_ids, "a", now=100.0)
+    ledger.record([Outcome(i, R.SENT, 250, "ok", at=2500.0) for i in other_ids])
+    assert ledger.mark_bounced(ids[1], "550 5.1.1 gone", now=4000.0) is not None
+    assert ledger.count_sent_since(cid, 0.0) == 3
+    assert ledger.count_sent_since(cid, 2000.0) == 2  # the bounced one was sent: it counts
+    assert ledger.count_sent_since(cid, 2000.5) == 1
+    assert ledger.count_sent_since(cid, 3000.5) == 0
+    assert ledger.first_sent_at(cid) == 1000.0
+    # left: the deferred one (example.org) and the one still claimed (x.net)
+    assert ledger.remaining_by_domain(cid) == {"example.org": 1, "x.net": 1}

@@ -176,3 +176,21 @@ async def test_ramp_since_a_date_and_seeded_counts_after_a_restart(
     assert limit.try_acquire(1000) == 250
     assert limit.try_acquire(1) == 0
     assert limit.ready_at() == pytest.approx(trio.current_time() + 12 * 3600)
+
+
+async def test_seed_from_the_ledger_periods_and_ramp_day_zero(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a restart the runner asks for the current periods, counts them in the ledger
+    and seeds them; a ramp without ``since`` resumes from the first send's day."""
+    wall = TrioWallClock(at(2024, 5, 8, 18, 30))
+    spec = parse_limit({"per_hour": 50, "ramp": {"start": 100, "growth": 1.0}}, timezone=BERLIN)
+    limit = Limit("c", spec, wall=wall)
+    assert limit.periods() == {"hour": at(2024, 5, 8, 18), "day": at(2024, 5, 8)}
+    assert limit.try_acquire(1000) == 50  # a fresh process: day 0 of the ramp, hour cap
+    limit.seed(sent_this_hour=45, sent_today=390, first_sent_at=at(2024, 5, 6, 9))
+    assert limit.ramp_since == date(2024, 5, 6)  # day 2: 400 allowed today
+    assert limit.try_acquire(1000) == 5  # the hour's 50, 45 already sent
+    await trio.sleep(3600)
+    assert limit.try_acquire(1000) == 5  # the day's 400, 395 sent
+    assert Limit("plain", parse_limit({"rate": "1/s"})).periods() == {}

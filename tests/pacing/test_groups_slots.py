@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -141,3 +143,38 @@ async def test_relay_connection_and_group_in_flight_caps(
     assert gmail.try_acquire(15)
     assert not gmail.try_acquire(10)
     assert pacer.in_flight_slots(group="yahoo").try_acquire(10_000)  # not capped
+
+
+async def test_slots_take_what_is_free_and_wake_on_release(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The dispatcher's use: take up to n without waiting, else wait for a release."""
+    slots = Slots(3)
+    assert slots.take(2) == 2
+    assert slots.take(5) == 1  # only what is free
+    assert slots.take(1) == 0
+    assert slots.free == 0
+    woke: list[float] = []
+
+    async def watch() -> None:
+        await slots.wait_released()
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.sleep(2)
+        assert woke == []
+        slots.release(1)
+    assert woke == [2.0]
+    assert slots.free == 1
+    assert slots.borrowed == 2
+    await slots.acquire(1)  # a waiter in line: a newcomer's take gets nothing
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slots.acquire, 2)
+        await trio.sleep(0.1)
+        slots.release(1)
+        assert slots.free == 0
+        assert slots.take(1) == 0
+        slots.release(2)
+    assert slots.borrowed == 2
+    assert Slots(math.inf).take(10**6) == 10**6

@@ -35,6 +35,31 @@ def _recent_rate(ledger: Ledger, campaign: Campaign) -> float:
     return float(sent) / 60.0
 
 
+def _planned_eta(ledger: Ledger, campaign: Campaign, todo: int) -> float | None:
+    """Seconds until done by the campaign's own pacing level (its rate, windows, hour/day
+    caps with what the ledger recorded sent, ramp); None if it has none. The agent's shared
+    levels (global, relay, group) live in its configuration, which status does not read."""
+    from mailpacer.campaign_spec import CampaignSpec, CampaignSpecError
+    from mailpacer.pacing import Limit, estimate_finish
+
+    try:
+        spec = CampaignSpec.stored(
+            campaign.name, campaign.sender, campaign.template_dir, campaign.settings
+        ).limit_spec()
+    except CampaignSpecError:
+        return None
+    if not spec.paces:
+        return None
+    now = time.time()
+    limit = Limit("campaign", spec, clock=lambda: now, wall=lambda: now)
+    sent = {p: ledger.count_sent_since(campaign.id, t) for p, t in limit.periods().items()}
+    first = ledger.first_sent_at(campaign.id) if spec.ramp and not spec.ramp.since else None
+    limit.seed(sent_this_hour=sent.get("hour", 0), sent_today=sent.get("day", 0),
+               first_sent_at=first)  # fmt: skip
+    finish = estimate_finish(todo, [limit], now=now, wall=now)
+    return None if finish is None else max(0.0, finish - now)
+
+
 def run_status(
     db: str,
     campaign_name: str | None,
@@ -64,13 +89,18 @@ def run_status(
             todo = counts["pending"] + counts["claimed"] + counts["sending"] + counts["deferred"]
             running = campaign.status == CampaignState.RUNNING.value
             rate = _recent_rate(ledger, campaign) if todo and running else 0.0
+            # the later of the plan (windows, caps...) and the measured rate
+            etas = [todo / rate] if rate > 0 else []
+            planned = _planned_eta(ledger, campaign, todo) if todo and running else None
+            if planned is not None:
+                etas.append(planned)
             document: dict[str, Any] = {
                 "campaign": campaign.name,
                 "status": campaign.status,
                 "total": total,
                 "counts": counts,
                 "rate_per_second": round(rate, 2),
-                "eta_seconds": round(todo / rate) if rate > 0 else None,
+                "eta_seconds": round(max(etas)) if etas else None,
                 "next_retry_at": ledger.next_due(campaign.id),
             }
             if show is not None:
@@ -94,6 +124,10 @@ def run_status(
                 out.write(
                     f"  sending at {d['rate_per_second'] * 60:,.0f}/min, "
                     f"ETA {format_duration(d['eta_seconds'])}\n"
+                )
+            elif d["eta_seconds"] is not None:
+                out.write(
+                    f"  waiting on its pacing plan, ETA {format_duration(d['eta_seconds'])}\n"
                 )
             for r in d.get("recipients", []):
                 out.write(

@@ -5,6 +5,7 @@ Kept in memory so the progress display, /healthz and /metrics never query the da
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class CampaignStats:
     configured_rate: float | None = None  # messages/s when a rate limit applies
     _samples: deque[tuple[float, int]] = field(default_factory=deque)
     _sent_total: int = 0
+    _plan_done_at: float | None = None  # Trio time the pacing plan finishes (inf: not in a year)
 
     def load(self, counts: dict[str, int]) -> None:
         self.counts = {state.value: 0 for state in RecipientState}
@@ -73,12 +75,43 @@ class CampaignStats:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     @property
-    def eta(self) -> float | None:
+    def todo(self) -> int:
+        """Recipients to send now (pending and in this run's hands; deferred ones wait)."""
+        return self.counts.get(RecipientState.PENDING, 0) + self.counts.get("active", 0)
+
+    def plan(self, seconds: float | None) -> None:
+        """What the pacing plan says (seconds until done, ``math.inf``: not within a year;
+        None: nothing paces this campaign). Set at the writer's cadence by the runner."""
+        self._plan_done_at = None if seconds is None else trio.current_time() + seconds
+
+    @property
+    def planned_eta(self) -> float | None:
+        if self._plan_done_at is None or math.isinf(self._plan_done_at):
+            return None
+        return max(0.0, self._plan_done_at - trio.current_time())
+
+    @property
+    def observed_eta(self) -> float | None:
         """Seconds until nothing is left to send, at the current (or configured) rate."""
-        todo = self.counts.get(RecipientState.PENDING, 0) + self.counts.get("active", 0)
+        todo = self.todo
         if todo == 0:
             return 0.0
         rate = self.rate
         if self.configured_rate is not None:
             rate = min(rate, self.configured_rate) if rate > 0 else self.configured_rate
         return todo / rate if rate > 0 else None
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until done: the later of the pacing plan (windows, caps, ramps, pauses:
+        what the rate alone cannot know) and the observed rate (what the plan cannot know:
+        a slow relay, an unpaced blast). None: unknown, or not within a year."""
+        observed = self.observed_eta
+        if self._plan_done_at is None:
+            return observed
+        planned = self.planned_eta
+        if planned is None:
+            return None
+        if self.todo == 0:
+            return 0.0
+        return planned if observed is None else max(planned, observed)

@@ -1140,6 +1140,41 @@ class Ledger:
             ).scalar_one_or_none()
         return float(value) if value is not None else None
 
+    def count_sent_since(self, campaign_id: int, since: float) -> int:
+        """Messages of the campaign recorded sent at or after ``since`` (Unix time), also
+        those that bounced later: what its hour and day caps used before a restart.
+
+        No index covers ``sent_at``: one scan of the campaign's rows, once per run."""
+        t = recipients.c
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(func.count()).where(t.campaign_id == campaign_id, t.sent_at >= since)
+            ).scalar_one()
+        return int(value)
+
+    def first_sent_at(self, campaign_id: int) -> float | None:
+        """When the campaign's first message was sent (a warm-up ramp's day 0)."""
+        t = recipients.c
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(func.min(t.sent_at)).where(t.campaign_id == campaign_id)
+            ).scalar_one_or_none()
+        return float(value) if value is not None else None
+
+    def remaining_by_domain(self, campaign_id: int) -> dict[str, int]:
+        """Recipients still to send (pending, claimed, sending, deferred) per domain, for
+        an ETA per domain group. One grouped scan of the campaign, once per run."""
+        t = recipients.c
+        domain = func.lower(func.substr(t.email, func.instr(t.email, "@") + 1))
+        todo = [R.PENDING.value, R.CLAIMED.value, R.SENDING.value, R.DEFERRED.value]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(domain, func.count())
+                .where(t.campaign_id == campaign_id, t.status.in_(todo))
+                .group_by(domain)
+            ).all()
+        return {str(d): int(n) for d, n in rows}
+
     def recipients_in(
         self, campaign_id: int, states: Sequence[str], limit: int = 100
     ) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ class Slots:
         self.name = name
         self.borrowed = 0
         self._waiters: deque[tuple[int, trio.Event]] = deque()
+        self._released: trio.Event | None = None
 
     @property
     def available(self) -> float:
@@ -38,6 +39,30 @@ class Slots:
     def _check(self, n: int) -> None:
         if n < 1 or n > self.total:
             raise ValueError(f"{self.name or 'slots'}: cannot hold {n} of {self.total}")
+
+    @property
+    def free(self) -> int:
+        """Slots a newcomer could take now (0 while others wait in line)."""
+        if self._waiters:
+            return 0
+        room = self.total - self.borrowed
+        return int(min(room, 2**62))
+
+    def take(self, n: int) -> int:
+        """Take up to ``n`` slots without waiting; how many were taken (0..n).
+
+        For a dispatcher that sends what may go now and leaves the rest for later, instead
+        of waiting in line for all ``n``."""
+        k = min(n, self.free)
+        if k > 0:
+            self.borrowed += k
+        return max(k, 0)
+
+    async def wait_released(self) -> None:
+        """Until some holder gives slots back (not a reservation: look again after)."""
+        if self._released is None:
+            self._released = trio.Event()
+        await self._released.wait()
 
     def try_acquire(self, n: int = 1) -> bool:
         self._check(n)
@@ -68,6 +93,9 @@ class Slots:
             raise RuntimeError(f"{self.name or 'slots'}: releasing {n}, {self.borrowed} held")
         self.borrowed -= n
         self._wake()
+        if self._released is not None:
+            self._released.set()
+            self._released = None
 
     def _wake(self) -> None:
         while self._waiters and self.borrowed + self._waiters[0][0] <= self.total:

@@ -133,10 +133,33 @@ class Limit:
         """Messages per second allowed now (None: no rate at this level)."""
         return 1.0 / self.gcra.interval if self.gcra else None
 
-    def seed(self, *, sent_this_hour: int = 0, sent_today: int = 0) -> None:
-        """After a restart: count what was already sent in the current hour and day."""
+    def periods(self) -> dict[str, float]:
+        """The current local hour and/or day this level caps: ``{"hour": start, ...}`` in
+        Unix time (empty without caps): what to count in the ledger after a restart."""
         wall = self.wall()
         for cap in self.caps:
+            cap.roll(wall)
+        return {cap.period: cap.start for cap in self.caps}
+
+    def seed(
+        self,
+        *,
+        sent_this_hour: int = 0,
+        sent_today: int = 0,
+        first_sent_at: float | None = None,
+    ) -> None:
+        """After a restart: count what was already sent in the current hour and day, and
+        start a ramp without a ``since`` date on the day of the first message sent
+        (``first_sent_at``, Unix time), not again on day 0."""
+        if (
+            first_sent_at is not None
+            and self.spec.ramp is not None
+            and self.spec.ramp.since is None
+        ):
+            self.ramp_since = local_date(first_sent_at, self.spec.timezone)
+        wall = self.wall()
+        for cap in self.caps:
+            cap.start = cap.end = -math.inf  # recompute the cap (the ramp's day may differ)
             cap.roll(wall)
             cap.used = sent_this_hour if cap.period == "hour" else sent_today
 
