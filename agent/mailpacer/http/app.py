@@ -57,8 +57,11 @@ class OperatorApp:
                 await _json(send, 404, {"error": "the control API is disabled"})
             else:
                 await self.api(scope, receive, send)
-        elif path.startswith(PATH_PREFIX) and self.unsubscribe is not None:
-            await self.unsubscribe(scope, receive, send)
+        elif path.startswith(PATH_PREFIX):
+            if self.unsubscribe is None:
+                await _json(send, 404, {"error": "unsubscribe links are not configured"})
+            else:
+                await self.unsubscribe(scope, receive, send)
         elif scope["method"] not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
         elif path == "/healthz":
