@@ -247,3 +247,26 @@ def test_check_base_url() -> None:
         check_base_url("https://mail.example.com:99999")
     with pytest.raises(ValueError, match="without spaces, quotes"):
         check_base_url("https://mail.example.com/<x>")
+
+
+def test_exported_members() -> None:
+    import mailpacer.unsubscribe as unsubscribe
+
+    assert sorted(unsubscribe.__all__) == sorted(set(unsubscribe.__all__))
+    for name in unsubscribe.__all__:
+        member = getattr(unsubscribe, name)
+        module = getattr(member, "__module__", "mailpacer.unsubscribe")
+        assert module.startswith("mailpacer.unsubscribe"), (name, module)
+
+
+def test_doctor_says_what_the_links_look_like() -> None:
+    from mailpacer.commands.doctor import unsubscribe_check
+
+    https = unsubscribe_check(SETTINGS)
+    assert https.status == "ok"
+    assert https.detail == (
+        "https://mail.example.com/unsubscribe/TOKEN, mailto:unsubscribe+TOKEN@bounces.example.com"
+    )
+    plain = unsubscribe_check(UnsubscribeSettings("http://10.0.0.1:8025", SECRET))
+    assert plain.status == "warn"
+    assert "RFC 8058" in plain.detail
