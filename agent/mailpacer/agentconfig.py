@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from mailpacer.config import ConfigError, RelayConfig, parse_duration, parse_relay_url
 from mailpacer.pacing.spec import PacingConfig, parse_pacing
+from mailpacer.unsubscribe.tokens import UnsubscribeSettings, check_base_url
 
 __all__ = ["AgentConfig", "ReportSettings", "load_agent_config"]
 
@@ -60,6 +61,7 @@ class AgentConfig:
     api_max_upload: int = 64 * 1024 * 1024  # bytes of one recipients upload
     pacing: PacingConfig | None = None  # [pacing]: the hierarchy (docs/pacing.md)
     bounces: BounceSettings | None = None
+    unsubscribe: UnsubscribeSettings | None = None  # [unsubscribe]: signed one-click links
     source: str = "<defaults>"
 
     def secrets(self) -> list[str]:
@@ -70,6 +72,8 @@ class AgentConfig:
         found += [t for t in (self.api_token, self.api_read_token) if t]
         if self.bounces is not None:
             found.append(self.bounces.secret.decode("utf-8", "replace"))
+        if self.unsubscribe is not None:
+            found.append(self.unsubscribe.secret.decode("utf-8", "replace"))
         password = make_url(self.db).password
         if password:
             found.append(str(password))
@@ -247,6 +251,42 @@ def _bounces(table: Any) -> BounceSettings | None:
     return BounceSettings((host.strip("[]"), int(port)), domain.lower(), secret)
 
 
+def _unsubscribe(table: Any, bounces: BounceSettings | None) -> UnsubscribeSettings | None:
+    if table is None:
+        return None
+    where = "[unsubscribe]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _unknown(table, {"base_url", "secret_file", "mailto_domain"}, where)
+    base_url = _str(table, "base_url", where) or ""
+    if not base_url:
+        raise ConfigError(
+            f"{where}.base_url is required: the public URL of the agent's HTTP endpoint, "
+            'e.g. "https://mail.example.com"'
+        )
+    try:
+        base_url = check_base_url(base_url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.base_url = {base_url!r}: {exc}") from None
+    if "secret_file" not in table:
+        raise ConfigError(f"{where}.secret_file is required (signs the unsubscribe links)")
+    secret = _read_secret(table["secret_file"], f"{where}.secret_file").encode()
+    if len(secret) < 16:
+        raise ConfigError(f"{where}.secret_file: the secret needs at least 16 bytes")
+    mailto = _str(table, "mailto_domain", where)
+    if mailto is not None:
+        if not mailto or "@" in mailto or "." not in mailto or not mailto.isascii():
+            raise ConfigError(f"{where}.mailto_domain = {mailto!r}: expected a domain name")
+        if bounces is None:
+            raise ConfigError(
+                f"{where}.mailto_domain needs [bounces]: its listener receives the mail "
+                "(point the domain's MX at [bounces].listen)"
+            )
+    else:
+        mailto = bounces.domain if bounces is not None else None
+    return UnsubscribeSettings(base_url, secret, mailto.lower() if mailto else None)
+
+
 def load_agent_config(path: Path) -> AgentConfig:
     """Read and check ``path``; raise ConfigError naming the file and the bad key."""
     try:
@@ -263,7 +303,11 @@ def load_agent_config(path: Path) -> AgentConfig:
 
 
 def _parse(document: dict[str, Any], source: str) -> AgentConfig:
-    _unknown(document, {"agent", "relay", "report", "api", "pacing", "bounces"}, "top level")
+    _unknown(
+        document,
+        {"agent", "relay", "report", "api", "pacing", "bounces", "unsubscribe"},
+        "top level",
+    )
     agent = document.get("agent")
     if not isinstance(agent, dict):
         raise ConfigError('an [agent] table with at least db = "..." is required')
@@ -282,6 +326,12 @@ def _parse(document: dict[str, Any], source: str) -> AgentConfig:
     http = _str(agent, "http", "[agent]", "127.0.0.1:8025")
     data_dir = _str(agent, "data_dir", "[agent]")
     scratch_dir = _str(agent, "scratch_dir", "[agent]")
+    bounces = _bounces(document.get("bounces"))
+    unsubscribe = _unsubscribe(document.get("unsubscribe"), bounces)
+    if unsubscribe is not None and not http:
+        raise ConfigError(
+            "[unsubscribe] needs [agent].http: the one-click endpoint is served there"
+        )
     return AgentConfig(
         db=_database(agent),
         relays=_relays(document.get("relay")),
@@ -307,6 +357,7 @@ def _parse(document: dict[str, Any], source: str) -> AgentConfig:
         api_file_roots=_roots(api.get("file_roots", [])),
         api_max_upload=_int(api, "max_upload_mb", "[api]", 64, 1, 100_000) * 1024 * 1024,
         pacing=parse_pacing(document["pacing"]) if "pacing" in document else None,
-        bounces=_bounces(document.get("bounces")),
+        bounces=bounces,
+        unsubscribe=unsubscribe,
         source=source,
     )

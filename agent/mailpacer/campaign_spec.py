@@ -7,7 +7,7 @@ from the stored spec. Paths are stored absolute: the agent reads them on its own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
@@ -205,10 +205,15 @@ class CampaignSpec:
 
 
 def build_factory(
-    spec: CampaignSpec, *, return_path: Callable[[int], str] | None = None
+    spec: CampaignSpec,
+    *,
+    return_path: Callable[[int], str] | None = None,
+    list_unsubscribe: Callable[[str], Sequence[str]] | None = None,
 ) -> MessageFactory:
     """The message factory for ``spec``; CampaignSpecError when a part is unusable.
-    ``return_path``: per-recipient envelope senders (VERP) for the bounce listener."""
+    ``return_path``: per-recipient envelope senders (VERP) for the bounce listener;
+    ``list_unsubscribe``: the agent's signed unsubscribe URIs of an address (templates only:
+    a prepared ``.eml`` is sent as it is, and the campaign's ``unsubscribe_url`` wins)."""
     envelope_sender, from_header = parse_sender(spec.sender)
     signer = load_dkim(
         key=spec.dkim_key,
@@ -232,6 +237,7 @@ def build_factory(
             campaign=spec.name,
             signer=signer,
             return_path=return_path,
+            list_unsubscribe=list_unsubscribe,
         )
     assert spec.message is not None
     try:

@@ -1,10 +1,11 @@
 """The bounce listener: an SMTP server (aiosmtpd inside Trio via trio-asyncio) for the VERP
-return paths of our messages.
+return paths of our messages and the mailto URIs of their List-Unsubscribe headers.
 
-It accepts mail only for valid, signed return paths (``550`` for anything else), always
-accepts the message itself (a bounce is never bounced), and hands every hard bounce
-(``failed``, 5.x.x) to a Trio task that records it. When that task falls far behind, new
-bounces are answered ``451`` (the reporting MTA retries later): nothing is dropped.
+It accepts mail only for valid, signed return paths and ``unsubscribe+TOKEN@domain``
+addresses with a valid token (``550`` for anything else), always accepts the message itself
+(a bounce is never bounced), and hands every hard bounce (``failed``, 5.x.x) and every
+unsubscribe to Trio tasks that record them. When those fall far behind, new mail is
+answered ``451`` (the sending MTA retries later): nothing is dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailpacer.bounces.dsn import DsnRecipient, parse_dsn
 from mailpacer.bounces.verp import Verp
+from mailpacer.unsubscribe import Unsubscribe, UnsubscribeSettings, mailto_token
 
 __all__ = ["Bounce", "BounceHandler", "serve_bounces"]
 
@@ -32,11 +34,30 @@ class Bounce:
 
 
 class BounceHandler:
-    def __init__(self, verp: Verp, sink: trio.MemorySendChannel[Bounce]) -> None:
+    def __init__(
+        self,
+        verp: Verp,
+        sink: trio.MemorySendChannel[Bounce],
+        *,
+        unsubscribe: UnsubscribeSettings | None = None,
+        unsubscribes: trio.MemorySendChannel[Unsubscribe] | None = None,
+    ) -> None:
+        """``unsubscribe`` (with a ``mailto_domain``) and ``unsubscribes``: also accept
+        ``unsubscribe+TOKEN@mailto_domain`` and hand each valid request there."""
         self.verp = verp
         self.sink = sink
+        self.unsubscribe = unsubscribe if unsubscribe and unsubscribe.mailto_domain else None
+        self.unsubscribes = unsubscribes
         self.received = 0  # messages accepted
         self.hard = 0  # hard bounces handed over
+        self.unsubscribed = 0  # unsubscribe requests handed over
+
+    def _unsubscribe_request(self, address: str) -> Unsubscribe | None:
+        settings = self.unsubscribe
+        if settings is None or settings.mailto_domain is None or self.unsubscribes is None:
+            return None
+        token = mailto_token(address, settings.mailto_domain)
+        return None if token is None else settings.read(token, via="mailto")
 
     async def handle_RCPT(
         self,
@@ -46,25 +67,34 @@ class BounceHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if self.verp.recipient_id(address) is None:
-            return "550 5.1.1 not a bounce address of this sender"
+        if self.verp.recipient_id(address) is None and self._unsubscribe_request(address) is None:
+            return "550 5.1.1 not a bounce or unsubscribe address of this sender"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reports = [r for r in parse_dsn(envelope.original_content or b"") if r.hard]
         bounces = []
+        unsubscribes = []
         for rcpt in envelope.rcpt_tos:
             rid = self.verp.recipient_id(rcpt)
             if rid is not None and reports:
                 bounces.append(Bounce(rid, reports[0]))
+            request = self._unsubscribe_request(rcpt)
+            if request is not None:
+                unsubscribes.append(request)
         try:
             for bounce in bounces:
                 self.sink.send_nowait(bounce)
+            for request in unsubscribes:
+                assert self.unsubscribes is not None  # a request needs the channel
+                self.unsubscribes.send_nowait(request)
         except trio.WouldBlock:
+            # A retried message hands over again what went through: both are idempotent.
             return "451 4.3.0 busy recording bounces; try again later"
         self.received += 1
         self.hard += len(bounces)
+        self.unsubscribed += len(unsubscribes)
         return "250 2.0.0 OK"
 
 

@@ -52,6 +52,7 @@ class DoctorOptions:
     report_url: str | None = None  # the main server's progress endpoint
     report_secret_file: Path | None = None
     report: Any = None  # ReportConfig, from the above or the config's [report]
+    unsubscribe: Any = None  # the config's [unsubscribe] (UnsubscribeSettings)
 
 
 @dataclass
@@ -308,6 +309,20 @@ def host_checks(opts: DoctorOptions) -> list[Check]:
 # -- the command ------------------------------------------------------------------------
 
 
+def unsubscribe_check(settings: Any) -> Check:
+    """What the messages' List-Unsubscribe headers will say (no network: the base URL is
+    the public side of a proxy the agent cannot see from here)."""
+    links = f"{settings.base_url}/unsubscribe/TOKEN"
+    if settings.mailto_domain:
+        links += f", mailto:unsubscribe+TOKEN@{settings.mailto_domain}"
+    if not settings.base_url.startswith("https://"):
+        return Check(
+            "config", "unsubscribe", "warn",
+            f"{links}: RFC 8058 one-click needs https (mailbox providers ignore http)",
+        )  # fmt: skip
+    return Check("config", "unsubscribe", "ok", links)
+
+
 async def _run_checks(opts: DoctorOptions, relays: list[RelayConfig]) -> list[Check]:
     results: dict[int, list[Check]] = {}
 
@@ -331,6 +346,8 @@ async def _run_checks(opts: DoctorOptions, relays: list[RelayConfig]) -> list[Ch
         if opts.report is not None:
             nursery.start_soon(one, 5000, check_main_server(opts.report, opts.timeout))
         nursery.start_soon(host)
+    if opts.unsubscribe is not None:
+        results[6000] = [unsubscribe_check(opts.unsubscribe)]
     return [check for key in sorted(results) for check in results[key]]
 
 
@@ -373,6 +390,7 @@ def run_doctor(opts: DoctorOptions, out: TextIO = sys.stdout) -> int:
                 dbs=[agent.db, *opts.dbs],
                 data_dir=opts.data_dir or agent.data_dir,
                 scratch=opts.scratch or agent.scratch_dir,
+                unsubscribe=agent.unsubscribe,
             )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

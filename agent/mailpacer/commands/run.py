@@ -26,6 +26,7 @@ from mailpacer.http.app import OperatorApp
 from mailpacer.http.health import HealthState
 from mailpacer.http.readiness import Readiness
 from mailpacer.http.server import serve_http
+from mailpacer.http.unsubscribe import UnsubscribeEndpoint
 from mailpacer.ledger.lock import LedgerInUseError, LedgerLock
 from mailpacer.ledger.store import Ledger, LedgerError
 from mailpacer.ledger.threaded import AsyncLedger
@@ -70,6 +71,8 @@ def _load(opts: RunOptions) -> AgentConfig:
         raise UsageError(str(exc)) from None
     if not config.relays:
         raise UsageError("no relay configured: add a [[relay]] table or --relay URL")
+    if config.unsubscribe is not None and not config.http:
+        raise UsageError('[unsubscribe] needs the HTTP server: --http "" turns it off')
     return config
 
 
@@ -168,7 +171,10 @@ async def _serve(
             for relay in config.relays:
                 metrics.relays.register(relay.name)
             api = _control_api(config, async_ledger, agent)
-            app = OperatorApp(health, metrics, readiness, api)
+            unsubscribe = None
+            if config.unsubscribe is not None and agent.unsubscribes is not None:
+                unsubscribe = UnsubscribeEndpoint(config.unsubscribe, agent.unsubscribes)
+            app = OperatorApp(health, metrics, readiness, api, unsubscribe)
             try:
                 binds = await nursery.start(serve_http, app, config.http)
             except OSError as exc:
@@ -176,6 +182,11 @@ async def _serve(
             err.write(f"serving /healthz, /readyz and /metrics on {', '.join(binds)}\n")
             if api is not None:
                 err.write(f"control API on {binds[0]}/api/v1 (bearer tokens from [api])\n")
+            if unsubscribe is not None:
+                err.write(
+                    f"one-click unsubscribe on {binds[0]}/unsubscribe/ "
+                    f"(links: {unsubscribe.settings.base_url}/unsubscribe/...)\n"
+                )
             err.flush()
 
         async def run_then_close(*, task_status: trio.TaskStatus[None]) -> None:

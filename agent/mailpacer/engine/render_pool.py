@@ -22,6 +22,7 @@ from mailpacer.campaign_spec import CampaignSpec, build_factory
 from mailpacer.message.factory import MessageFactory, decode_variables
 from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.render import RenderError
+from mailpacer.unsubscribe.tokens import UnsubscribeSettings
 
 __all__ = ["RenderJob", "RenderPool", "Rendered"]
 
@@ -43,14 +44,22 @@ class Rendered(NamedTuple):
 _factory: MessageFactory | None = None
 
 
-def _start(spec: CampaignSpec, verp: tuple[str, bytes] | None) -> None:
+def _start(
+    spec: CampaignSpec,
+    verp: tuple[str, bytes] | None,
+    unsubscribe: tuple[UnsubscribeSettings, int] | None,
+) -> None:
     global _factory
     return_path = None
     if verp is not None:
         from mailpacer.bounces.verp import Verp
 
         return_path = Verp(*verp).address
-    _factory = build_factory(spec, return_path=return_path)
+    list_unsubscribe = None
+    if unsubscribe is not None:
+        settings, campaign_id = unsubscribe
+        list_unsubscribe = functools.partial(settings.uris, campaign_id)
+    _factory = build_factory(spec, return_path=return_path, list_unsubscribe=list_unsubscribe)
 
 
 def _ready() -> bool:
@@ -114,8 +123,15 @@ class RenderPool:
     """``await pool.render(rows)``: the rows rendered by ``workers`` processes, in order."""
 
     def __init__(
-        self, spec: CampaignSpec, workers: int, *, verp: tuple[str, bytes] | None = None
+        self,
+        spec: CampaignSpec,
+        workers: int,
+        *,
+        verp: tuple[str, bytes] | None = None,
+        unsubscribe: tuple[UnsubscribeSettings, int] | None = None,
     ) -> None:
+        """``verp`` (domain, secret) and ``unsubscribe`` (settings, campaign id) reach the
+        workers pickled through the pool's pipe, never as text (logs, command lines)."""
         if workers < 1:
             raise ValueError("a render pool needs at least one worker")
         self.workers = workers
@@ -123,7 +139,7 @@ class RenderPool:
             max_workers=workers,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_start,
-            initargs=(spec, verp),
+            initargs=(spec, verp, unsubscribe),
         )
         # Start the workers now (the executor would on first use): their interpreter start,
         # imports and template compilation then overlap the list import, not the send.

@@ -1,5 +1,7 @@
 """A small ASGI app for operators: /healthz, /readyz and /metrics, answered from memory only;
-``/api/v1/...`` is handed to the control API (:mod:`mailpacer.http.api`) when there is one."""
+``/api/v1/...`` is handed to the control API (:mod:`mailpacer.http.api`) and
+``/unsubscribe/...`` to the one-click endpoint (:mod:`mailpacer.http.unsubscribe`) when
+the agent has them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from mailpacer.asgi import Receive, Scope, Send, serve_lifespan
 from mailpacer.http.api import PREFIX, ControlApi
 from mailpacer.http.health import HealthState
 from mailpacer.http.readiness import Readiness, watch_event_loop
+from mailpacer.http.unsubscribe import PATH_PREFIX, UnsubscribeEndpoint
 from mailpacer.metrics import Metrics
 
 __all__ = ["OperatorApp"]
@@ -27,11 +30,13 @@ class OperatorApp:
         metrics: Metrics,
         readiness: Readiness | None = None,
         api: ControlApi | None = None,
+        unsubscribe: UnsubscribeEndpoint | None = None,
     ) -> None:
         self.health = health
         self.metrics = metrics
         self.readiness = readiness
         self.api = api
+        self.unsubscribe = unsubscribe
 
     async def run_monitors(self) -> None:
         """Background probes that keep the in-memory state fresh (serve_http runs this)."""
@@ -52,6 +57,11 @@ class OperatorApp:
                 await _json(send, 404, {"error": "the control API is disabled"})
             else:
                 await self.api(scope, receive, send)
+        elif path.startswith(PATH_PREFIX):
+            if self.unsubscribe is None:
+                await _json(send, 404, {"error": "unsubscribe links are not configured"})
+            else:
+                await self.unsubscribe(scope, receive, send)
         elif scope["method"] not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
         elif path == "/healthz":

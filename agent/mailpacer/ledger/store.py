@@ -870,6 +870,58 @@ class Ledger:
         return str(row.email)
 
     @_retry_on_conflict
+    def unsubscribe(
+        self, campaign_id: int, address: str, *, via: str, now: float, report: bool = False
+    ) -> bool:
+        """A signed unsubscribe link was used: the address goes on the suppression list
+        (reason ``unsubscribed``, source ``campaign:<name>``), its pending and deferred
+        recipients in unfinished campaigns become *suppressed*, and with ``report`` a
+        ``recipient.unsubscribed`` event tells the main server, in one transaction.
+
+        False when the address was already listed: a second click changes nothing (one
+        suppression, one event). LedgerError for an address that cannot be suppressed."""
+        kind, key = _suppression_key(address)
+        c = campaigns.c
+        t = recipients.c
+        with self._write() as conn:
+            name = conn.execute(sa.select(c.name).where(c.id == campaign_id)).scalar()
+            source = f"campaign:{name}" if name is not None else f"campaign #{campaign_id}"
+            inserted = conn.execute(
+                suppressions.insert()
+                .prefix_with(self._upsert_ignore)
+                .values(kind=kind, value=key, reason="unsubscribed", source=source[:200],
+                        created_at=now)
+            ).rowcount  # fmt: skip
+            if not inserted:
+                return False
+            live = [CampaignState.READY, CampaignState.RUNNING, CampaignState.PAUSED]
+            for (live_id,) in conn.execute(
+                sa.select(c.id).where(c.status.in_([s.value for s in live]))
+            ).all():
+                conn.execute(
+                    recipients.update()
+                    .where(
+                        t.campaign_id == live_id,
+                        t.email_key == key,
+                        t.status.in_([R.PENDING.value, R.DEFERRED.value]),
+                    )
+                    .values(status=R.SUPPRESSED.value, last_reply="unsubscribed", updated_at=now)
+                )
+            if report:
+                recipient_id = conn.execute(
+                    sa.select(t.id).where(t.campaign_id == campaign_id, t.email_key == key)
+                ).scalar()
+                payload = {"email": address, "via": via}
+                event = (
+                    campaign_id if name is not None else None,
+                    recipient_id,
+                    "recipient.unsubscribed",
+                    payload,
+                )
+                self._insert_events(conn, [event], now)
+        return True
+
+    @_retry_on_conflict
     def apply_suppressions(self, campaign_id: int, *, now: float) -> int:
         """Pending and deferred recipients on the suppression list become *suppressed*."""
         t = recipients.c

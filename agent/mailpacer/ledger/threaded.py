@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -58,6 +59,21 @@ class AsyncLedger:
             return fn(*args, **kwargs)
 
         return await trio.to_thread.run_sync(call, limiter=self.limiter)
+
+    async def run_within(
+        self, seconds: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``run`` for a caller that must answer in time (an HTTP request): raises
+        ``trio.TooSlowError`` after ``seconds`` (waiting for a thread included). The call is
+        then abandoned, not stopped: it keeps its thread and limiter slot until the
+        database answers, and its transaction may still commit (callers are idempotent)."""
+        self.calls += 1
+        with trio.fail_after(seconds):
+            return await trio.to_thread.run_sync(
+                functools.partial(fn, *args, **kwargs),
+                limiter=self.limiter,
+                abandon_on_cancel=True,
+            )
 
     async def patiently(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``run``, waiting out a database outage: exponential backoff with jitter

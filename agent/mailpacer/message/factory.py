@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,10 +50,14 @@ class PersonalizedFactory:
         name_column: str = "name",
         signer: DkimSigner | None = None,
         return_path: Callable[[int], str] | None = None,
+        list_unsubscribe: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         """``return_path(recipient_id)``: a per-recipient envelope sender (VERP), so a
-        bounce names whose message failed; default: ``envelope_sender`` for all."""
+        bounce names whose message failed; default: ``envelope_sender`` for all.
+        ``list_unsubscribe(email)``: the agent's signed List-Unsubscribe URIs (HTTPS first),
+        used unless the campaign has its own ``unsubscribe_url`` template, which wins."""
         self.return_path = return_path
+        self.list_unsubscribe = list_unsubscribe
         self.signer = signer
         self.templates = templates
         self.composer = composer
@@ -74,11 +78,14 @@ class PersonalizedFactory:
         context = dict(variables)
         context["email"] = email
         context.setdefault("campaign", self.campaign)
-        unsubscribe = None
+        unsubscribe: str | Sequence[str] | None = None
         try:
             if self.has_unsubscribe:
                 unsubscribe = self.templates.render_extra(UNSUBSCRIBE, context)
                 context[UNSUBSCRIBE] = unsubscribe
+            elif self.list_unsubscribe is not None:
+                unsubscribe = self.list_unsubscribe(email)
+                context[UNSUBSCRIBE] = unsubscribe[0]  # for a link in the body too
             rendered = self.templates.render(context)
         except RenderError as exc:
             if source_row is None:

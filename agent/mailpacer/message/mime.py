@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import secrets
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -90,9 +91,10 @@ class MessageComposer:
         text: str,
         html: str | None,
         message_id: str,
-        list_unsubscribe: str | None = None,
+        list_unsubscribe: str | Sequence[str] | None = None,
     ) -> bytes:
-        """The whole message, CRLF line endings, not yet dot-stuffed.
+        """The whole message, CRLF line endings, not yet dot-stuffed. ``list_unsubscribe``:
+        one URI or several (RFC 2369: preferred first), one per header line.
 
         Raises HeaderInjectionError if any header value carries a line break.
         """
@@ -108,10 +110,13 @@ class MessageComposer:
             b"\r\n",
         ]
         if list_unsubscribe:
-            check_header_value(list_unsubscribe, "List-Unsubscribe URL")
-            if ">" in list_unsubscribe or not list_unsubscribe.isascii():
-                raise ValueError("List-Unsubscribe URL must be ASCII and contain no '>'")
-            headers.append(b"List-Unsubscribe: <" + list_unsubscribe.encode("ascii") + b">\r\n")
+            uris = [list_unsubscribe] if isinstance(list_unsubscribe, str) else list_unsubscribe
+            for uri in uris:
+                check_header_value(uri, "List-Unsubscribe URL")
+                if ">" in uri or not uri.isascii():
+                    raise ValueError("List-Unsubscribe URL must be ASCII and contain no '>'")
+            value = ",\r\n ".join(f"<{uri}>" for uri in uris)
+            headers.append(b"List-Unsubscribe: " + value.encode("ascii") + b"\r\n")
             headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         if html is None:
             headers.append(

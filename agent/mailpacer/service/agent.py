@@ -33,6 +33,7 @@ from mailpacer.ledger.threaded import AsyncLedger
 from mailpacer.metrics import Metrics
 from mailpacer.pacing.hierarchy import Pacer
 from mailpacer.service.poller import LedgerPoller
+from mailpacer.unsubscribe import Unsubscribe, UnsubscribeRecorder
 
 __all__ = ["ActiveCampaign", "Agent"]
 
@@ -78,6 +79,18 @@ class Agent:
     pacer: Pacer | None = None  # the rate-limit hierarchy all campaigns share
     verp: Verp | None = None  # per-recipient return paths, when [bounces] is configured
     bounces: BounceHandler | None = None
+    unsubscribes: UnsubscribeRecorder | None = None  # [unsubscribe]: HTTP and mailto requests
+
+    def __post_init__(self) -> None:
+        if self.config.unsubscribe is not None:
+            self.unsubscribes = UnsubscribeRecorder(
+                self.ledger, report=bool(self.event_states), on_events=self._notify
+            )
+
+    def _notify(self) -> None:
+        """New outbox events: the reporter (``on_events``, set once it runs) sends them soon."""
+        if self.on_events is not None:
+            self.on_events()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -112,16 +125,32 @@ class Agent:
     async def _start_bounce_listener(self, nursery: trio.Nursery, cfg: BounceSettings) -> None:
         self.verp = Verp(cfg.domain, cfg.secret)
         sink, source = trio.open_memory_channel[Bounce](10_000)
-        self.bounces = BounceHandler(self.verp, sink)
+        unsubscribe = self.config.unsubscribe
+        mailto = None
+        if unsubscribe is not None and unsubscribe.mailto_domain and self.unsubscribes:
+            mailto, requests = trio.open_memory_channel[Unsubscribe](10_000)
+            nursery.start_soon(self._record_unsubscribes, self.unsubscribes, requests)
+        self.bounces = BounceHandler(self.verp, sink, unsubscribe=unsubscribe, unsubscribes=mailto)
         port = await nursery.start(serve_bounces, cfg.listen, self.bounces)
         nursery.start_soon(self._record_bounces, source)
         log.info(
-            "bounce listener on %s:%d for bounce+...@%s",
+            "bounce listener on %s:%d for bounce+...@%s%s",
             cfg.listen[0],
             port,
             cfg.domain,
+            f" and unsubscribe+...@{unsubscribe.mailto_domain}"
+            if mailto is not None and unsubscribe is not None
+            else "",
             extra={"event": "bounces.listening"},
         )
+
+    @staticmethod
+    async def _record_unsubscribes(
+        recorder: UnsubscribeRecorder, requests: trio.MemoryReceiveChannel[Unsubscribe]
+    ) -> None:
+        """Mail to ``unsubscribe+TOKEN@...``: recorded in order, waiting out an outage."""
+        async for request in requests:
+            await recorder.record(request)
 
     async def _record_bounces(self, source: trio.MemoryReceiveChannel[Bounce]) -> None:
         ledger = self.ledger
@@ -201,8 +230,17 @@ class Agent:
         )
         try:
             return_path = self.verp.address if self.verp is not None else None
+            unsubscribe = self.config.unsubscribe
+            list_unsubscribe = (
+                functools.partial(unsubscribe.uris, campaign.id) if unsubscribe else None
+            )
             factory = await trio.to_thread.run_sync(
-                functools.partial(build_factory, spec, return_path=return_path)
+                functools.partial(
+                    build_factory,
+                    spec,
+                    return_path=return_path,
+                    list_unsubscribe=list_unsubscribe,
+                )
             )
             settings = self._settings(spec)
             assert self.pacer is not None  # set by run()
@@ -353,4 +391,5 @@ class Agent:
             "polls": self.poller.polls if self.poller else 0,
             "database_outage": self.ledger.in_outage,
             "bounces_received": self.bounces.hard if self.bounces else None,
+            "unsubscribes_recorded": self.unsubscribes.recorded if self.unsubscribes else None,
         }
