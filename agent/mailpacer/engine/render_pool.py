@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 from collections.abc import Sequence
 from typing import Any, NamedTuple
