@@ -198,13 +198,20 @@ def _relays(items: Any) -> tuple[RelayConfig, ...]:
     return tuple(relays)
 
 
-def _report(table: Any) -> ReportSettings | None:
+def _section(table: Any, where: str, keys: set[str]) -> bool:
+    """False when an optional section is absent; refuses a non-table or unknown keys."""
     if table is None:
-        return None
-    where = "[report]"
+        return False
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
-    _unknown(table, _REPORT_KEYS, where)
+    _unknown(table, keys, where)
+    return True
+
+
+def _report(table: Any) -> ReportSettings | None:
+    where = "[report]"
+    if not _section(table, where, _REPORT_KEYS):
+        return None
     url = _str(table, "url", where)
     if not url:
         raise ConfigError(f"{where}.url is required (the main server's progress endpoint)")
@@ -230,12 +237,9 @@ def _roots(value: Any) -> tuple[Path, ...]:
 
 
 def _bounces(table: Any) -> BounceSettings | None:
-    if table is None:
-        return None
     where = "[bounces]"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
-    _unknown(table, {"listen", "domain", "secret_file"}, where)
+    if not _section(table, where, {"listen", "domain", "secret_file"}):
+        return None
     listen = _str(table, "listen", where) or ""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -252,12 +256,9 @@ def _bounces(table: Any) -> BounceSettings | None:
 
 
 def _unsubscribe(table: Any, bounces: BounceSettings | None) -> UnsubscribeSettings | None:
-    if table is None:
-        return None
     where = "[unsubscribe]"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
-    _unknown(table, {"base_url", "secret_file", "mailto_domain"}, where)
+    if not _section(table, where, {"base_url", "secret_file", "mailto_domain"}):
+        return None
     base_url = _str(table, "base_url", where) or ""
     if not base_url:
         raise ConfigError(

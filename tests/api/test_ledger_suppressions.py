@@ -3,23 +3,18 @@ keyset paging, lookup, removal."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from mailpacer.ledger import Ledger, LedgerError
 
-from ..ledger.backends import BACKENDS, database_url
+from ..ledger.backends import ledger_on_each_backend
+
+__all__ = ["ledger_on_each_backend"]  # a fixture
 
 
-@pytest.fixture(params=BACKENDS)
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    with database_url(request.param, tmp_path) as url:
-        db = Ledger(url)
-        db.upgrade()
-        yield db
-        db.dispose()
+@pytest.fixture
+def ledger(ledger_on_each_backend: Ledger) -> Ledger:
+    return ledger_on_each_backend
 
 
 def test_list_pages_find_and_remove(ledger: Ledger) -> None:

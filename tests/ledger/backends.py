@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-__all__ = ["BACKENDS", "MARIADB_SERVER", "database_url", "mariadb_database", "require_mariadb"]
+__all__ = [
+    "BACKENDS",
+    "MARIADB_SERVER",
+    "database_url",
+    "ledger_on_each_backend",
+    "mariadb_database",
+    "require_mariadb",
+]
 
 MARIADB_SERVER = os.environ.get("MAILPACER_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306")
 BACKENDS = ("sqlite", "mariadb")
@@ -75,3 +82,15 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     else:
         with mariadb_database() as url:
             yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_on_each_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An upgraded ledger, once on SQLite and once on MariaDB (import it as a fixture)."""
+    from mailpacer.ledger import Ledger
+
+    with database_url(request.param, tmp_path) as url:
+        db = Ledger(url)
+        db.upgrade()
+        yield db
+        db.dispose()

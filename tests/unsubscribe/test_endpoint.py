@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,7 +24,9 @@ from mailpacer.ledger.states import CampaignState
 from mailpacer.metrics import Metrics
 from mailpacer.unsubscribe import UnsubscribeRecorder, UnsubscribeSettings, make_token
 
-from ..ledger.backends import BACKENDS, database_url
+from ..ledger.backends import ledger_on_each_backend
+
+__all__ = ["ledger_on_each_backend"]  # a fixture
 
 SECRET = b"an-unsubscribe-secret-0123456789"
 SETTINGS = UnsubscribeSettings("https://mail.example.com", SECRET, "bounces.example.com")
@@ -85,13 +87,9 @@ def events(ledger: Ledger) -> list[dict[str, object]]:
     return ledger.undelivered_events()
 
 
-@pytest.fixture(params=BACKENDS)
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    with database_url(request.param, tmp_path) as url:
-        db = Ledger(url)
-        db.upgrade()
-        yield db
-        db.dispose()
+@pytest.fixture
+def ledger(ledger_on_each_backend: Ledger) -> Ledger:
+    return ledger_on_each_backend
 
 
 async def test_get_shows_a_button_and_post_unsubscribes_once(ledger: Ledger) -> None:
