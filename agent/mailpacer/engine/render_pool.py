@@ -18,6 +18,7 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -89,6 +90,11 @@ def _start(
     unsubscribe: tuple[UnsubscribeSettings, int] | None,
 ) -> None:
     global _factory
+    # Ctrl-C in a terminal and systemd's stop reach the whole process group / cgroup: the
+    # sender (or agent) finishes in-flight work and closes the pool; a worker killed first
+    # would break the pool under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
     return_path = None
     if verp is not None:

@@ -270,6 +270,13 @@ class Agent:
             )
         )
         self.render_busy += workers
+        log.info(
+            "campaign %s: rendering in %d worker process%s",
+            campaign.name,
+            workers,
+            "" if workers == 1 else "es",
+            extra={"event": "campaign.render_pool", "campaign": campaign.name},
+        )
         try:
             await self._run_campaign(campaign, active, factory, settings, pacing, pool)
         finally:
