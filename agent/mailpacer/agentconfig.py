@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mailpacer.config import ConfigError, RelayConfig, parse_duration, parse_relay_url
+from mailpacer.engine.render_pool import render_workers
 from mailpacer.pacing.spec import PacingConfig, parse_pacing
 from mailpacer.unsubscribe.tokens import UnsubscribeSettings, check_base_url
 
@@ -51,6 +52,8 @@ class AgentConfig:
     scratch_dir: Path | None = None
     concurrency: int = 8
     max_campaigns: int = 4
+    # processes rendering template campaigns, shared by the campaigns sent at once
+    render_workers: int = field(default_factory=lambda: render_workers("auto"))
     poll_interval: float = MIN_POLL_INTERVAL
     log_format: str = "text"
     log_level: str = "info"
@@ -82,7 +85,7 @@ class AgentConfig:
 
 _AGENT_KEYS = {
     "db", "db_password_file", "http", "data_dir", "scratch_dir", "concurrency",
-    "max_campaigns", "poll_interval", "log_format", "log_level",
+    "max_campaigns", "poll_interval", "log_format", "log_level", "render_workers",
 }  # fmt: skip
 _RELAY_KEYS = {"url", "username", "password_file", "priority", "weight"}
 _REPORT_KEYS = {"url", "secret_file", "detail", "source"}
@@ -132,6 +135,13 @@ def _choice(table: dict[str, Any], key: str, where: str, default: str, allowed: 
             f"{where}.{key} = {value!r}: expected one of {', '.join(sorted(allowed))}"
         )
     return value
+
+
+def _render_workers(value: Any) -> int:
+    try:
+        return render_workers(value)
+    except ValueError as exc:
+        raise ConfigError(f"[agent].render_workers = {exc}") from None
 
 
 def _database(agent: dict[str, Any]) -> str:
@@ -341,6 +351,7 @@ def _parse(document: dict[str, Any], source: str) -> AgentConfig:
         scratch_dir=Path(scratch_dir) if scratch_dir else None,
         concurrency=_int(agent, "concurrency", "[agent]", 8, 1, 1000),
         max_campaigns=_int(agent, "max_campaigns", "[agent]", 4, 1, 100),
+        render_workers=_render_workers(agent.get("render_workers", "auto")),
         poll_interval=poll_interval,
         log_format=_choice(agent, "log_format", "[agent]", "text", {"text", "json"}),
         log_level=_choice(

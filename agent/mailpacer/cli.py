@@ -162,11 +162,10 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--render-workers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="render personalized messages in N worker processes (use the other cores; "
-        "default 0: in the sending process)",
+        default="auto",
+        metavar="N|auto",
+        help="render --template messages in N worker processes beside the sending one "
+        "(0: in the sending process; default auto: the CPUs available - 1, at most 4)",
     )
     p.add_argument(
         "--pacing",

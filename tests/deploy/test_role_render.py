@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from mailpacer.agentconfig import load_agent_config
+from mailpacer.engine.render_pool import render_workers
 from tests.tuner.conftest import BIN, REPO, ansible_env
 
 ROLE = REPO / "roles" / "mailpacer_agent"
@@ -139,6 +140,8 @@ def test_rendered_configuration_is_what_the_agent_parses(tmp_path: Path) -> None
     assert (config.relays[1].priority, config.relays[1].weight) == (1, 3)
     assert config.http == "0.0.0.0:9108"
     assert config.concurrency == 2  # no sizing profile here: 8 connections / 4 campaigns
+    assert 'render_workers = "auto"' in text  # ... and the agent sizes its render pool
+    assert config.render_workers == render_workers("auto")
     assert config.log_format == "json"
     assert config.scratch_dir is None
     assert config.report is not None
@@ -159,6 +162,7 @@ def test_minimal_configuration(tmp_path: Path) -> None:
             "mailpacer_agent_relays": [{"url": "smtp://127.0.0.1:2525"}],
             "mailpacer_host_facts_sizing": {
                 "profile": "aggressive",
+                "inputs": {"cores": 12},
                 "agent": {"smtp_connections": 64},
                 "limits": {"nofile": 943718, "nproc": 100000, "tasks_max": 100000},
             },
@@ -167,6 +171,7 @@ def test_minimal_configuration(tmp_path: Path) -> None:
     config = load_agent_config(etc / "agent.toml")
     assert config.db == "sqlite:////var/lib/mailpacer/agent/ledger.db"
     assert config.concurrency == 16  # 64 connections of the profile / 4 campaigns
+    assert config.render_workers == 8  # 12 CPUs - 1, at most 8 when aggressive
     assert config.scratch_dir == Path("/var/cache/mailpacer-scratch")
     assert config.report is None
     assert list((etc / "secrets").iterdir()) == []
@@ -190,6 +195,38 @@ def test_minimal_configuration(tmp_path: Path) -> None:
         "TasksMax=100000",
     ):
         assert f"\n{line}\n" in unit, line
+
+
+@pytest.mark.parametrize(
+    ("profile", "cores", "override", "expected"),
+    [
+        ("gentle", 2, None, 0),  # a small host keeps its CPUs for the sender
+        ("gentle", 4, None, 1),
+        ("balanced", 16, None, "auto"),  # the agent decides, on the host
+        ("aggressive", 3, None, 2),
+        ("aggressive", 16, 3, 3),  # the inventory wins
+    ],
+)
+def test_render_workers_follow_the_profile(
+    tmp_path: Path, profile: str, cores: int, override: int | None, expected: int | str
+) -> None:
+    variables: dict[str, object] = {
+        "mailpacer_agent_db": "sqlite:////var/lib/mailpacer/agent/ledger.db",
+        "mailpacer_agent_relays": [{"url": "smtp://127.0.0.1:2525"}],
+        "mailpacer_host_facts_sizing": {
+            "profile": profile,
+            "inputs": {"cores": cores},
+            "agent": {"smtp_connections": 8},
+        },
+    }
+    if override is not None:
+        variables["mailpacer_agent_render_workers"] = override
+    etc = render_agent(tmp_path, variables)
+    config = load_agent_config(etc / "agent.toml")
+    if expected == "auto":
+        assert 'render_workers = "auto"' in (etc / "agent.toml").read_text()
+        expected = render_workers("auto")
+    assert config.render_workers == expected
 
 
 def test_relay_password_from_ansible_vault(tmp_path: Path) -> None:

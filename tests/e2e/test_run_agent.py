@@ -209,6 +209,10 @@ def test_agent_sends_queued_campaigns_and_obeys_pause_and_resume(tmp_path: Path)
          "unknown key(s) colour"),
         ('[agent]\ndb = "mysql+pymysql://u@h/d"\ndb_password_file = "/nonexistent"\n'
          '[[relay]]\nurl = "smtp://h"\n', "cannot read '/nonexistent'"),
+        ('[agent]\ndb = "sqlite:///x.db"\nrender_workers = 65\n[[relay]]\nurl = "smtp://h"\n',
+         "[agent].render_workers = 65: expected auto or a number of processes from 0 to 64"),
+        ('[agent]\ndb = "sqlite:///x.db"\nrender_workers = "lots"\n[[relay]]\nurl = "smtp://h"\n',
+         "[agent].render_workers = 'lots': expected auto"),
         ("[agent\n", "not valid TOML"),
         ('[agent]\ndb = "mysql+pymysql://root@127.0.0.1:1/x"\n[[relay]]\nurl = "smtp://h"\n',
          "cannot open the ledger"),

@@ -36,7 +36,7 @@ from mailpacer.config import (
 )
 from mailpacer.engine.campaign import CampaignAborted, CampaignRunner, EngineSettings, RunResult
 from mailpacer.engine.progress import ProgressDisplay, format_duration
-from mailpacer.engine.render_pool import RenderPool
+from mailpacer.engine.render_pool import RenderPool, render_workers
 from mailpacer.engine.stats import CampaignStats
 from mailpacer.http.app import OperatorApp
 from mailpacer.http.health import HealthState
@@ -107,7 +107,8 @@ class SendOptions:
     report_source: str = "mailpacer"  # names this ledger's event sequence at the receiver
     report_wait: str = "30s"  # at the end, wait this long for undelivered events
     pacing: Path | None = None  # a TOML file with a [pacing] table (docs/pacing.md)
-    render_workers: int = 0  # render in this many worker processes (0: in the sender)
+    # render templates in this many worker processes (0: in the sender; "auto": CPUs - 1, <= 4)
+    render_workers: int | str = "auto"
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Prepared:
     guard: tuple[float, float] = (0.05, 0.30)
     pacing: PacingConfig | None = None
     campaign_pacing: LimitSpec | None = None
+    render_workers: int = 0  # processes to start (templates only)
 
 
 def _parse_sender(text: str) -> tuple[str, str]:
@@ -223,6 +225,10 @@ def prepare(opts: SendOptions) -> Prepared:
     if opts.guard_window < 1:
         raise UsageError(f"--guard-window {opts.guard_window}: must be at least 1")
     pacing, campaign_pacing = _load_pacing(opts, rate)
+    try:
+        workers = render_workers(opts.render_workers)
+    except ValueError as exc:
+        raise UsageError(f"--render-workers {exc}") from None
     return Prepared(
         relays,
         rate,
@@ -237,6 +243,7 @@ def prepare(opts: SendOptions) -> Prepared:
         guard,
         pacing,
         campaign_pacing,
+        workers if opts.template is not None else 0,  # a prepared message needs no rendering
     )
 
 
@@ -675,11 +682,9 @@ def run_send(opts: SendOptions, out: TextIO = sys.stdout, err: TextIO = sys.stde
 
 
 def _render_pool(opts: SendOptions, prep: Prepared) -> RenderPool | None:
-    """``--render-workers N``: personalization in N processes beside the SMTP loop."""
-    if opts.render_workers <= 0:
+    """``--render-workers N|auto``: personalization in N processes beside the SMTP loop."""
+    if prep.render_workers <= 0:
         return None
-    if opts.render_workers > 64:
-        raise UsageError(f"--render-workers {opts.render_workers}: at most 64")
     spec = CampaignSpec(
         name=prep.campaign_name,
         sender=opts.sender,
@@ -690,7 +695,7 @@ def _render_pool(opts: SendOptions, prep: Prepared) -> RenderPool | None:
         dkim_selector=opts.dkim_selector,
         dkim_domain=opts.dkim_domain,
     )
-    return RenderPool(spec, opts.render_workers)
+    return RenderPool(spec, prep.render_workers)
 
 
 def _summary(

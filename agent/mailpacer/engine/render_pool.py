@@ -5,7 +5,10 @@ the Trio process keeps the SMTP connections and the ledger. Each worker process 
 same message factory from the campaign's spec once (templates compiled, DKIM key loaded),
 then renders chunks of claimed rows; what comes back is the wire payload, or the reason a
 row cannot be rendered. Workers are started with ``forkserver`` (never forked from the
-threaded Trio process).
+threaded Trio process), and exit on their own when the sender is killed.
+
+How many workers: ``render_workers("auto")`` is one fewer than the CPUs this process may run
+on (the Trio process keeps one), at most 4, so 0 on a one-CPU host; an explicit number wins.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import concurrent.futures
 import contextlib
 import functools
 import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -25,7 +31,30 @@ from mailpacer.message.headers import HeaderInjectionError
 from mailpacer.message.render import RenderError
 from mailpacer.unsubscribe.tokens import UnsubscribeSettings
 
-__all__ = ["RenderJob", "RenderPool", "Rendered"]
+__all__ = ["MAX_RENDER_WORKERS", "RenderJob", "RenderPool", "Rendered", "render_workers"]
+
+MAX_RENDER_WORKERS = 64
+AUTO_CAP = 4  # beyond this the single Trio process, not rendering, is the limit
+
+
+def render_workers(value: object) -> int:
+    """``"auto"`` or an integer 0..64 -> the number of render processes (0: render in the
+    sending process). ValueError, with a one-line reason, for anything else."""
+    if value == "auto":
+        return min(len(os.sched_getaffinity(0)) - 1, AUTO_CAP)
+    number: object = value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value)
+    if (
+        not isinstance(number, int)
+        or isinstance(number, bool)
+        or not 0 <= number <= MAX_RENDER_WORKERS
+    ):
+        raise ValueError(
+            f"{value!r}: expected auto or a number of processes from 0 to {MAX_RENDER_WORKERS}"
+        )
+    return number
+
 
 Row = tuple[int, str, str, int | None]  # recipient id, email, variables (JSON), source row
 
@@ -45,12 +74,28 @@ class Rendered(NamedTuple):
 _factory: MessageFactory | None = None
 
 
+def _watch_parent() -> None:
+    """A SIGKILLed sender never shuts its pool down, and an idle worker would wait on the
+    call queue forever (it holds the queue's write end itself; the forkserver lives while its
+    children do). The sender's death closes the pipe behind ``parent_process().sentinel``."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)
+
+
 def _start(
     spec: CampaignSpec,
     verp: tuple[str, bytes] | None,
     unsubscribe: tuple[UnsubscribeSettings, int] | None,
 ) -> None:
     global _factory
+    # Ctrl-C in a terminal and systemd's stop reach the whole process group / cgroup: the
+    # sender (or agent) finishes in-flight work and closes the pool; a worker killed first
+    # would break the pool under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
     return_path = None
     if verp is not None:
         from mailpacer.bounces.verp import Verp

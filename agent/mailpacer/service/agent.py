@@ -5,6 +5,11 @@ each campaign the poller finds with work due, up to ``max_campaigns`` at a time.
 commands reach running campaigns through the ledger (a pause or cancel stops the runner at
 its next claim); a resume makes the campaign due again for the next poll. While the database
 is away, runners wait it out (nothing new is sent) and polls fail quietly until it returns.
+
+Template campaigns render in worker processes (a RenderPool per campaign run, closed when
+the run ends). ``[agent] render_workers`` is the budget for all of them: a campaign takes an
+even share per campaign slot (``render_workers / max_campaigns``, rounded up) or what is left
+of it; one that gets none renders in the agent's process, as prepared messages always do.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from mailpacer.bounces.listener import Bounce, BounceHandler, serve_bounces
 from mailpacer.bounces.verp import Verp
 from mailpacer.campaign_spec import AGENT_MODE, CampaignSpec, CampaignSpecError, build_factory
 from mailpacer.engine.campaign import CampaignAborted, CampaignRunner, EngineSettings
+from mailpacer.engine.render_pool import RenderPool
 from mailpacer.engine.stats import CampaignStats
 from mailpacer.ledger.states import CampaignState
 from mailpacer.ledger.store import Campaign
 from mailpacer.ledger.threaded import AsyncLedger
+from mailpacer.message.factory import MessageFactory
 from mailpacer.metrics import Metrics
 from mailpacer.pacing.hierarchy import Pacer
+from mailpacer.pacing.spec import LimitSpec
 from mailpacer.service.poller import LedgerPoller
 from mailpacer.unsubscribe import Unsubscribe, UnsubscribeRecorder
 
@@ -80,6 +88,7 @@ class Agent:
     verp: Verp | None = None  # per-recipient return paths, when [bounces] is configured
     bounces: BounceHandler | None = None
     unsubscribes: UnsubscribeRecorder | None = None  # [unsubscribe]: HTTP and mailto requests
+    render_busy: int = 0  # render processes the running campaigns hold
 
     def __post_init__(self) -> None:
         if self.config.unsubscribe is not None:
@@ -224,7 +233,6 @@ class Agent:
                 self.poller.wake()  # the next queued campaign need not wait a full interval
 
     async def _send_one(self, campaign: Campaign, active: ActiveCampaign) -> None:
-        ledger = self.ledger
         spec = CampaignSpec.stored(
             campaign.name, campaign.sender, campaign.template_dir, campaign.settings
         )
@@ -248,6 +256,49 @@ class Agent:
         except CampaignSpecError as exc:
             await self._hold(campaign, f"cannot build the campaign's messages: {exc}")
             return
+        workers = self._render_share() if spec.template is not None else 0
+        if workers == 0:
+            await self._run_campaign(campaign, active, factory, settings, pacing, None)
+            return
+        pool = await trio.to_thread.run_sync(
+            functools.partial(
+                RenderPool,
+                spec,
+                workers,
+                verp=(self.verp.domain, self.verp.secret) if self.verp is not None else None,
+                unsubscribe=(unsubscribe, campaign.id) if unsubscribe is not None else None,
+            )
+        )
+        self.render_busy += workers
+        log.info(
+            "campaign %s: rendering in %d worker process%s",
+            campaign.name,
+            workers,
+            "" if workers == 1 else "es",
+            extra={"event": "campaign.render_pool", "campaign": campaign.name},
+        )
+        try:
+            await self._run_campaign(campaign, active, factory, settings, pacing, pool)
+        finally:
+            pool.close()
+            self.render_busy -= workers
+
+    def _render_share(self) -> int:
+        """Render processes for a template campaign starting now (see the module's doc)."""
+        total = self.config.render_workers
+        share = -(-total // self.config.max_campaigns)
+        return max(0, min(share, total - self.render_busy))
+
+    async def _run_campaign(
+        self,
+        campaign: Campaign,
+        active: ActiveCampaign,
+        factory: MessageFactory,
+        settings: EngineSettings,
+        pacing: LimitSpec,
+        pool: RenderPool | None,
+    ) -> None:
+        ledger = self.ledger
         runner = CampaignRunner(
             ledger,
             campaign.id,
@@ -259,6 +310,7 @@ class Agent:
             exclusive=self.exclusive,
             pacer=self.pacer,
             pacing=pacing,
+            render_pool=pool,
         )
         runner.on_events = self.on_events
         active.runner = runner
