@@ -25,6 +25,8 @@ from mailpacer.agentconfig import load_agent_config
 from mailpacer.engine.render_pool import render_workers
 from tests.tuner.conftest import BIN, REPO, ansible_env
 
+from ..tuner._plugins import load
+
 ROLE = REPO / "roles" / "mailpacer_agent"
 
 
@@ -163,7 +165,7 @@ def test_minimal_configuration(tmp_path: Path) -> None:
             "mailpacer_host_facts_sizing": {
                 "profile": "aggressive",
                 "inputs": {"cores": 12},
-                "agent": {"smtp_connections": 64},
+                "agent": {"smtp_connections": 64, "render_workers": 8},
                 "limits": {"nofile": 943718, "nproc": 100000, "tasks_max": 100000},
             },
         },
@@ -197,6 +199,14 @@ def test_minimal_configuration(tmp_path: Path) -> None:
         assert f"\n{line}\n" in unit, line
 
 
+def sizing_rule(profile: str, cores: int) -> int | str:
+    """What the tuner's sizing filter says for this profile and CPU count."""
+    plugin = load("mailpacer_host_facts", "mailpacer_sizing")
+    facts = {"cores": cores, "memtotal_mb": 8192, "nr_open": 1_048_576, "pid_max": 4_194_304}
+    value: int | str = plugin.mailpacer_sizing(facts, profile)["agent"]["render_workers"]
+    return value
+
+
 @pytest.mark.parametrize(
     ("profile", "cores", "override", "expected"),
     [
@@ -216,7 +226,7 @@ def test_render_workers_follow_the_profile(
         "mailpacer_host_facts_sizing": {
             "profile": profile,
             "inputs": {"cores": cores},
-            "agent": {"smtp_connections": 8},
+            "agent": {"smtp_connections": 8, "render_workers": sizing_rule(profile, cores)},
         },
     }
     if override is not None:

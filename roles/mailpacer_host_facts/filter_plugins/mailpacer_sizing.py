@@ -211,7 +211,7 @@ def mailpacer_sizing(
         "agent": {
             "smtp_connections_per_core": rules["smtp_connections_per_core"],
             "smtp_connections": smtp_connections,
-            "render_workers": max(1, cores if profile != "gentle" else cores // 2),
+            "render_workers": _render_workers(profile, cores),
         },
         "limits": {"nofile": nofile, "nproc": nproc, "tasks_max": nproc},
         "ramdisk": {
@@ -223,6 +223,17 @@ def mailpacer_sizing(
         "sysctl": sysctl,
         "notes": notes,
     }
+
+
+def _render_workers(profile: str, cores: int) -> int | str:
+    """Processes rendering template campaigns ([agent] render_workers): gentle leaves small
+    hosts' CPUs to the sender (1 on 4+ CPUs, else 0); balanced lets the agent size it on
+    the host ("auto": CPUs - 1, at most 4); aggressive takes CPUs - 1, at most 8."""
+    if profile == "gentle":
+        return 1 if cores >= 4 else 0
+    if profile == "aggressive":
+        return max(0, min(cores - 1, 8))
+    return "auto"
 
 
 def _cap(value: Any) -> dict[str, Any]:
