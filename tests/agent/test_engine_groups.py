@@ -364,3 +364,33 @@ def test_status_shows_the_plans_eta(tmp_path: Path) -> None:
     print(f"\nstatus: per_day 100, 60 sent today, 90 left at 300/min: ETA {eta / 3600:.2f} h")
     assert abs(eta - expected) < 5
     ledger.dispose()
+
+
+async def test_a_campaign_held_by_a_cap_does_not_poll_the_ledger(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Every row claimed, the rest held by a day cap until midnight: the claimer looks
+    again when outcomes arrive or after a wait growing to 5 s, not every 50 ms (which was
+    20 database queries a second for as long as the cap held). Virtual clocks, 10 x."""
+    mock_clock.rate = 10.0
+    tomorrow = datetime.now(BERLIN).date() + timedelta(days=1)
+    evening = datetime.combine(tomorrow, datetime.min.time(), BERLIN) + timedelta(
+        hours=23, minutes=59
+    )
+    wall = TrioWallClock(evening.timestamp())
+    config = parse_pacing({"timezone": "Europe/Berlin", "campaign": {"per_day": 10}})
+    handler = InFlightHandler()
+    with trio.fail_after(300):  # virtual: 30 s of real time
+        async with serving_aiosmtpd(handler) as server:
+            run = make_runner(
+                tmp_path, server.url(), [f"c{i}@example.net" for i in range(20)],
+                Pacer(config, wall=wall), pacing=config.campaign, wall=wall,
+            )  # fmt: skip
+            started = trio.current_time()
+            result = await run.run()
+            waited = trio.current_time() - started
+    calls = run.ledger.calls
+    print(f"\n20 recipients, per_day = 10 from 23:59: {waited:.0f} s, {calls} ledger calls")
+    assert result.run.get("sent") == 20
+    assert waited >= 59  # the second ten waited for midnight
+    assert calls < 60  # polling every 50 ms would have made over 1,000

@@ -60,6 +60,11 @@ __all__ = ["CampaignAborted", "CampaignRunner", "EngineSettings", "RunResult"]
 R = RecipientState
 
 
+#: How long the claimer waits, at first and at most, while all rows are claimed.
+_CLAIM_IDLE_MIN = 0.05
+_CLAIM_IDLE_MAX = 5.0
+
+
 class CampaignAborted(Exception):
     """The run cannot go on (no relay reachable, credentials refused, every message failing).
 
@@ -189,6 +194,7 @@ class CampaignRunner:
         self._proven = False
         self._settled = 0  # results (or releases) seen by _on_results/_release
         self._result_arrived = trio.Event()
+        self._claim_wake = trio.Event()  # outcomes arrived: claimable rows may be back
         self._abort: CampaignAborted | None = None
         self._feed_scope = trio.CancelScope()
         self._send_deadline_set = False
@@ -284,6 +290,7 @@ class CampaignRunner:
     def _note_settled(self, count: int) -> None:
         self._settled += count
         self._result_arrived.set()
+        self._claim_wake.set()
 
     def _count_failures(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
@@ -339,6 +346,7 @@ class CampaignRunner:
         self._log_outcomes(batch)
         self._account(batch)
         self._room.set()
+        self._claim_wake.set()  # released rows are claimable again
 
     async def _suppress_bounces(self, batch: Sequence[Outcome]) -> None:
         """A hard bounce (unknown user) puts the address on the suppression list, so no
@@ -534,6 +542,7 @@ class CampaignRunner:
 
     async def _claimer(self, render_tx: trio.MemorySendChannel[list[Claimed]]) -> None:
         ledger = self.ledger
+        idle = _CLAIM_IDLE_MIN
         async with render_tx:
             while True:
                 if trio.current_time() - self._suppressions_checked >= 60.0:
@@ -547,13 +556,21 @@ class CampaignRunner:
                     lease_seconds=self.settings.lease_seconds,
                 )
                 if rows:
+                    idle = _CLAIM_IDLE_MIN
                     self._outstanding += len(rows)
                     for row in rows:
                         self.stats.claimed(row.previous)
                     await render_tx.send(rows)
                     continue
                 if self._outstanding > 0:
-                    await trio.sleep(0.05)  # outcomes still coming: they may be retries
+                    # Everything is claimed and outcomes are still coming (they may be
+                    # retries): look again when some arrive, at the latest after ``idle``,
+                    # which grows to 5 s, so a campaign held by a closed send window or a
+                    # day cap does not query the database 20 times a second all night.
+                    self._claim_wake = trio.Event()
+                    with trio.move_on_after(idle):
+                        await self._claim_wake.wait()
+                    idle = min(idle * 2, _CLAIM_IDLE_MAX)
                     continue
                 due = await ledger.patiently(ledger.sync.next_due, self.campaign_id)
                 if due is None or due - self._wall() > self.settings.wait_deferred:
