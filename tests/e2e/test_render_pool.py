@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,35 +83,47 @@ def alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def paced_send(tmp_path: Path, relay: str, workers: int, **popen: Any) -> subprocess.Popen[str]:
+    """`mailpacer send` of the test list at 200/s with ``workers`` render processes."""
+    command = [
+        sys.executable, "-m", "mailpacer", "send", "--recipients",
+        str(tmp_path / "list.csv"), "--template", str(TEMPLATE), "--from",
+        "News <news@example.com>", "--relay", relay, "--db",
+        f"sqlite:///{tmp_path / 'ledger.db'}", "--render-workers", str(workers),
+        "--rate", "200/s", "--no-progress",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+def wait_for_arrivals(store: Path, process: subprocess.Popen[str], count: int) -> None:
+    deadline = time.monotonic() + 30
+    while count_files(store) < count and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.02)
+
+
+def wait_until_gone(children: list[int]) -> list[int]:
+    """The processes of ``children`` still alive after up to 5 s."""
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in children if alive(p)]
+
+
 def test_sigkilled_sender_leaves_no_render_process(tmp_path: Path) -> None:
     """A crash must not strand workers (they would hold the stderr pipe and CPU forever)."""
     write_list(tmp_path / "list.csv")
     store = tmp_path / "received"
     with sink_process(store) as relay:
-        command = [
-            sys.executable, "-m", "mailpacer", "send", "--recipients",
-            str(tmp_path / "list.csv"), "--template", str(TEMPLATE), "--from",
-            "News <news@example.com>", "--relay", relay, "--db",
-            f"sqlite:///{tmp_path / 'ledger.db'}", "--render-workers", "2",
-            "--rate", "200/s", "--no-progress",
-        ]  # fmt: skip
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 30
-        while count_files(store) == 0 and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            time.sleep(0.02)
+        process = paced_send(tmp_path, relay, 2)
+        wait_for_arrivals(store, process, 1)
         children = descendants(process.pid)
         assert len(children) >= 3  # the forkserver and two workers
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)  # returns once nobody holds the stderr pipe
-        deadline = time.monotonic() + 5
-        while any(alive(p) for p in children) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert [p for p in children if alive(p)] == []
+        assert wait_until_gone(children) == []
 
 
 def test_ctrl_c_in_a_terminal_stops_the_sender_cleanly(tmp_path: Path) -> None:
@@ -119,33 +132,14 @@ def test_ctrl_c_in_a_terminal_stops_the_sender_cleanly(tmp_path: Path) -> None:
     write_list(tmp_path / "list.csv")
     store = tmp_path / "received"
     with sink_process(store) as relay:
-        command = [
-            sys.executable, "-m", "mailpacer", "send", "--recipients",
-            str(tmp_path / "list.csv"), "--template", str(TEMPLATE), "--from",
-            "News <news@example.com>", "--relay", relay, "--db",
-            f"sqlite:///{tmp_path / 'ledger.db'}", "--render-workers", "1",
-            "--rate", "200/s", "--no-progress",
-        ]  # fmt: skip
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while count_files(store) < 20 and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            time.sleep(0.02)
+        process = paced_send(tmp_path, relay, 1, start_new_session=True)
+        wait_for_arrivals(store, process, 20)
         children = descendants(process.pid)
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=10)
-        deadline = time.monotonic() + 5
-        while any(alive(p) for p in children) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_until_gone(children) == []
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    assert [p for p in children if alive(p)] == []
     assert "sending" not in set(ledger_rows(f"sqlite:///{tmp_path / 'ledger.db'}").values())
 
 
