@@ -50,15 +50,19 @@ class AsyncLedger:
         self.calls = 0
         self.waited_seconds = 0.0  # for a worker thread (the limiter is sized to the pool)
 
-    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _in_thread(self, call: Callable[[], T], *, abandon: bool = False) -> T:
+        """One ledger call in a worker thread under the pool-sized limiter, counted."""
         self.calls += 1
         asked = time.perf_counter()
 
-        def call() -> T:
+        def timed() -> T:
             self.waited_seconds += time.perf_counter() - asked
-            return fn(*args, **kwargs)
+            return call()
 
-        return await trio.to_thread.run_sync(call, limiter=self.limiter)
+        return await trio.to_thread.run_sync(timed, limiter=self.limiter, abandon_on_cancel=abandon)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._in_thread(functools.partial(fn, *args, **kwargs))
 
     async def run_within(
         self, seconds: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
@@ -67,13 +71,8 @@ class AsyncLedger:
         ``trio.TooSlowError`` after ``seconds`` (waiting for a thread included). The call is
         then abandoned, not stopped: it keeps its thread and limiter slot until the
         database answers, and its transaction may still commit (callers are idempotent)."""
-        self.calls += 1
         with trio.fail_after(seconds):
-            return await trio.to_thread.run_sync(
-                functools.partial(fn, *args, **kwargs),
-                limiter=self.limiter,
-                abandon_on_cancel=True,
-            )
+            return await self._in_thread(functools.partial(fn, *args, **kwargs), abandon=True)
 
     async def patiently(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``run``, waiting out a database outage: exponential backoff with jitter
